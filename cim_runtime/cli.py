@@ -1,0 +1,150 @@
+"""The ``cim-run`` command."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from urllib.parse import urlencode
+
+from cim_runtime import __version__, log_to_screen
+from cim_runtime.driver import DEFAULT_BACKEND_URL, open_driver, split_backend_url
+from cim_runtime.errors import CimError, ConfigError
+from cim_runtime.pipeline import InferenceRequest, run_inference
+from cim_runtime.programming import WriteVerifyConfig
+from cim_runtime.report import plot_programming, write_json
+from cim_runtime.zoo import DEFAULT_MODEL_DIR, DEFAULT_SAMPLE_DIR
+
+logger = logging.getLogger(__name__)
+
+EXIT_BAD_INPUT = 2
+
+
+def parse_tile(text: str) -> tuple[int, int]:
+    """Parse ``ROWSxCOLS`` (for example ``128x64``)."""
+    rows, sep, cols = text.lower().partition("x")
+    if not sep or not rows.isdigit() or not cols.isdigit():
+        raise argparse.ArgumentTypeError(f"tile {text!r} is invalid: write ROWSxCOLS, for example 128x64")
+    return int(rows), int(cols)
+
+
+def backend_url(url: str, profile: str | None, seed: int | None) -> str:
+    """Fold ``--device-profile`` and ``--seed`` into a ``sim://`` URL; they conflict with other backends."""
+    scheme, options = split_backend_url(url)
+    extra = {name: str(value) for name, value in (("profile", profile), ("seed", seed)) if value is not None}
+    if not extra:
+        return url
+    if scheme != "sim":
+        raise ConfigError(f"--device-profile and --seed apply to the simulator only, not to {url!r}")
+    for name, value in extra.items():
+        if name in options and options[name] != value:
+            raise ConfigError(f"{name}={options[name]} in {url!r} conflicts with the command-line value {value}")
+    options.update(extra)
+    return f"sim://?{urlencode(options)}"
+
+
+def print_summary(summary: dict) -> None:
+    mapping, programming, times = summary["mapping"], summary["programming"], summary["time_s"]
+    rows = [
+        ("model", f"{summary['model']['name']} ({summary['model']['builder']}, {summary['model']['input_size_px']} px, "
+                  f"{summary['model']['classes']} classes)"),
+        ("data", f"{summary['data_root']} ({summary['images']} images)"),
+        ("backend", summary["backend"]),
+        ("mapped", f"{mapping['layers']} layers, {mapping['weights']:,} weights -> {mapping['cells']:,} cells in "
+                   f"{mapping['tiles']:,} tiles of up to {mapping['tile_rows']}x{mapping['tile_cols']} on {mapping['arrays']} arrays"),
+        ("programmed", f"{programming['pulses_per_cell_mean']:.2f} pulses per cell (p99 {programming['pulses_per_cell_p99']:.0f}), "
+                       f"{100 * programming['fraction_in_tolerance']:.3f} % in tolerance of ±{programming['tolerance_s'] * 1e6:.1f} µS, "
+                       f"{programming['failed_cells']:,} failed"),
+        ("weights", f"relative error of programmed weights {summary['weight_relative_error']:.4f}"),
+        ("accuracy", f"digital {100 * summary['digital_accuracy']:.2f} %, programmed {100 * summary['programmed_accuracy']:.2f} % "
+                     f"({summary['accuracy_difference_points']:+.2f} points), same prediction on "
+                     f"{100 * summary['prediction_agreement']:.1f} % of images"),
+        ("time", ", ".join(f"{stage.replace('_', ' ')} {seconds:.1f} s" for stage, seconds in times.items())),
+    ]
+    for label, text in rows:
+        print(f"{label:<11} {text}")
+
+
+def command_infer(args: argparse.Namespace) -> int:
+    url = backend_url(args.backend, args.device_profile, args.seed)
+    request = InferenceRequest(
+        model_dir=args.model, data_root=args.data_root, tile=args.tile, split=args.split,
+        batch_size=args.batch_size, write_verify=WriteVerifyConfig(tolerance_rel=args.tolerance), progress=not args.no_progress,
+    )
+    with open_driver(url) as driver:
+        outcome = run_inference(driver, request)
+    print_summary(outcome.summary)
+    if args.output is not None:
+        write_json(args.output / "summary.json", outcome.summary)
+        plot_programming(args.output / "conductance.png", outcome.programming)
+        print(f"{'results':<11} {args.output / 'summary.json'}, {args.output / 'conductance.png'}")
+    return 0
+
+
+def command_info(args: argparse.Namespace) -> int:
+    with open_driver(backend_url(args.backend, args.device_profile, args.seed)) as driver:
+        info = driver.info()
+    print(f"identity        {info.identity}")
+    print(f"geometry        {info.arrays} arrays of {info.rows} x {info.cols} cells")
+    print(f"conductance     {info.conductance_min_s * 1e6:.1f} .. {info.conductance_max_s * 1e6:.1f} µS")
+    print(f"read voltage    up to {info.read_voltage_max_v:g} V (default {info.default_read_voltage_v:g} V)")
+    print(f"pulse           up to ±{info.pulse_amplitude_max_v:g} V, {info.pulse_width_min_s:g} .. {info.pulse_width_max_s:g} s")
+    print(f"compliance      up to {info.compliance_max_a:g} A")
+    print(f"capabilities    {', '.join(sorted(info.capabilities)) or 'none'}")
+    return 0
+
+
+def add_backend_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backend", default=DEFAULT_BACKEND_URL, metavar="URL",
+                        help=f"crossbar backend URL (default {DEFAULT_BACKEND_URL}, the simulator)")
+    parser.add_argument("--device-profile", metavar="NAME",
+                        help="simulator device profile: C1D1, C4D1 (default), C1D8, Identical_spikes, Non_spikes_1, Non_spikes_2 or ideal")
+    parser.add_argument("--seed", type=int, help="simulator seed (default 0)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cim-run", description="Run neural networks on memristor crossbar arrays.")
+    parser.add_argument("--version", action="version", version=f"cim-run {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what the library does to standard error")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    infer = commands.add_parser("infer", help="map, program, read back and classify photos",
+                                description="Map a trained network onto crossbar tiles, program every cell by write-verify, "
+                                            "read the arrays back and classify photos with both the digital and the programmed network.")
+    infer.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR, help="checkpoint folder with recipe.json (default: the bundled flowers model)")
+    infer.add_argument("--data-root", type=Path, default=DEFAULT_SAMPLE_DIR,
+                       help="ImageFolder tree or a folder with torchvision's flowers-102/ layout (default: the bundled sample)")
+    infer.add_argument("--split", default="test", choices=("train", "val", "test"), help="Flowers102 split, for the flowers-102/ layout only")
+    add_backend_options(infer)
+    infer.add_argument("--tile", type=parse_tile, metavar="ROWSxCOLS", help="largest tile in physical cells (default: the whole array)")
+    infer.add_argument("--tolerance", type=float, default=WriteVerifyConfig.tolerance_rel,
+                       help="write-verify band half-width as a fraction of the conductance window (default %(default)s)")
+    infer.add_argument("--batch-size", type=int, default=64, help="images per batch (default %(default)s)")
+    infer.add_argument("--output", type=Path, default=Path("cim-run-output"),
+                       help="folder for summary.json and conductance.png (default %(default)s)")
+    infer.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    infer.set_defaults(handler=command_infer)
+
+    info = commands.add_parser("info", help="print a backend's geometry and limits")
+    add_backend_options(info)
+    info.set_defaults(handler=command_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.verbose:
+        log_to_screen(logging.INFO)
+    try:
+        return args.handler(args)
+    except CimError as exc:
+        print(f"cim-run: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("cim-run: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,134 @@
+"""Image datasets for inference: ImageFolder trees and torchvision's Flowers102 layout.
+
+Class folders are matched to a model's classes by name, so an ImageFolder tree may hold any subset of
+the model's classes in any order. Nothing is ever downloaded.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+import torchvision
+from PIL import Image, UnidentifiedImageError
+from torchvision import transforms
+
+from cim_runtime.errors import DataError
+from cim_runtime.zoo import Recipe
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+def eval_transform(recipe: Recipe) -> transforms.Compose:
+    """Resize the short side, crop the centre and normalize, as the recipe was evaluated."""
+    return transforms.Compose(
+        [
+            transforms.Resize(recipe.resize_px),
+            transforms.CenterCrop(recipe.input_size_px),
+            transforms.ToTensor(),
+            transforms.Normalize(recipe.normalize_mean, recipe.normalize_std),
+        ]
+    )
+
+
+def load_rgb_image(path: str) -> Image.Image:
+    """Open an image file as RGB, turning any decoding failure into a :class:`DataError`."""
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, UnidentifiedImageError, ValueError) as exc:
+        raise DataError(f"cannot read image {path}: {exc}; remove or replace the file") from exc
+
+
+def is_flowers102_root(root: Path) -> bool:
+    """Tell whether ``root`` has torchvision's Flowers102 layout (``flowers-102/jpg`` and the .mat files)."""
+    base = root / "flowers-102"
+    return (base / "jpg").is_dir() and (base / "imagelabels.mat").is_file() and (base / "setid.mat").is_file()
+
+
+def _model_index_for_folder(recipe: Recipe) -> dict[str, int]:
+    """Map both class folder names and readable class names to the model's output index."""
+    index = {}
+    for position, entry in enumerate(recipe.classes):
+        index[entry.folder] = position
+        index[entry.name] = position
+    return index
+
+
+def open_image_folder(root: Path, recipe: Recipe) -> torchvision.datasets.ImageFolder:
+    """Open an ImageFolder tree whose class folders are a subset of the model's classes.
+
+    Raises:
+        DataError: the folder is missing, holds no images, or has a class the model does not know.
+    """
+    try:
+        dataset = torchvision.datasets.ImageFolder(
+            str(root), transform=eval_transform(recipe), loader=load_rgb_image, allow_empty=False
+        )
+    except (FileNotFoundError, OSError) as exc:
+        raise DataError(f"no images found under {root}: {exc}; expected <root>/<class>/<image>.jpg") from exc
+
+    index = _model_index_for_folder(recipe)
+    unknown = [name for name in dataset.classes if name not in index]
+    if unknown:
+        shown = ", ".join(repr(name) for name in unknown[:5])
+        raise DataError(
+            f"{len(unknown)} class folder(s) under {root} are not classes of model {recipe.name!r}: {shown}; "
+            f"the model knows folders {recipe.classes[0].folder!r}..{recipe.classes[-1].folder!r}"
+        )
+    remap = [index[name] for name in dataset.classes]
+    dataset.target_transform = remap.__getitem__
+    return dataset
+
+
+def open_flowers102(root: Path, recipe: Recipe, split: str) -> torchvision.datasets.Flowers102:
+    """Open torchvision's Flowers102 (download off); its label k is the class folder ``str(k + 1)``."""
+    expected = [str(k + 1) for k in range(102)]
+    if [entry.folder for entry in recipe.classes] != expected:
+        raise DataError(f"model {recipe.name!r} is not a 102-class Oxford Flowers model, so it cannot classify {root}")
+    try:
+        return torchvision.datasets.Flowers102(
+            str(root), split=split, transform=eval_transform(recipe), download=False, loader=load_rgb_image
+        )
+    except (RuntimeError, OSError, ValueError) as exc:
+        raise DataError(f"cannot open Flowers102 data under {root}: {exc}") from exc
+
+
+def open_dataset(root: Path, recipe: Recipe, split: str = "test") -> torch.utils.data.Dataset:
+    """Open ``root`` as Flowers102 (if it has that layout) or as an ImageFolder tree.
+
+    Args:
+        root: a folder; ``<root>/flowers-102/`` selects torchvision's Flowers102 loader.
+        recipe: the model's recipe, for the transform and the class list.
+        split: Flowers102 split (``train``, ``val`` or ``test``); ignored for ImageFolder trees.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"data folder not found: {root}; pass --data-root with an existing folder")
+    if is_flowers102_root(root):
+        return open_flowers102(root, recipe, split)
+    return open_image_folder(root, recipe)
+
+
+def image_paths(dataset: torch.utils.data.Dataset) -> list[str]:
+    """List the image files of an ImageFolder or Flowers102 dataset."""
+    if hasattr(dataset, "samples"):
+        return [path for path, _ in dataset.samples]
+    return [str(path) for path in getattr(dataset, "_image_files", [])]
+
+
+def check_images_readable(dataset: torch.utils.data.Dataset) -> None:
+    """Open every image header before any long work starts, so a bad file fails fast.
+
+    Raises:
+        DataError: naming the first unreadable file.
+    """
+    for path in image_paths(dataset):
+        try:
+            with Image.open(path) as image:
+                image.verify()
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
+            raise DataError(f"cannot read image {path}: {exc}; remove or replace the file") from exc

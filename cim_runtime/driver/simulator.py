@@ -1,0 +1,100 @@
+"""Simulated crossbar system: many arrays of table-driven memristor cells, vectorized with numpy.
+
+URL grammar: ``sim://?profile=C4D1&rows=256&cols=256&arrays=64&seed=0``. Every option may be left
+out; unknown options are errors.
+
+* ``profile``: a measured preset (C1D1, C4D1, C1D8, Identical_spikes, Non_spikes_1, Non_spikes_2) or
+  ``ideal`` (linear, no variation, no noise). Default C4D1.
+* ``rows``, ``cols``: cells per array, 1 to 4096. Default 256 x 256.
+* ``arrays``: arrays in the system, 1 to 1024. Default 64.
+* ``seed``: seed of every random draw (fabrication spread, pulse noise, read noise). Default 0.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from cim_runtime.device import DEFAULT_PROFILE, DeviceProfile, TableDeviceModel, make_profile
+from cim_runtime.driver.base import ArrayDriver, ArrayInfo
+from cim_runtime.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+#: Limits the simulator enforces, chosen to resemble a benchtop pulse source.
+READ_VOLTAGE_MAX_V = 0.3
+PULSE_AMPLITUDE_MAX_V = 3.0
+PULSE_WIDTH_MIN_S = 10e-9
+PULSE_WIDTH_MAX_S = 10e-3
+COMPLIANCE_MAX_A = 0.1
+MAX_SIDE = 4096
+MAX_ARRAYS = 1024
+
+
+class SimulatorDriver(ArrayDriver):
+    """A seeded simulation of ``arrays`` crossbars of ``rows`` x ``cols`` cells."""
+
+    def __init__(
+        self,
+        profile: str | DeviceProfile = DEFAULT_PROFILE,
+        *,
+        rows: int = 256,
+        cols: int = 256,
+        arrays: int = 64,
+        seed: int = 0,
+    ):
+        super().__init__()
+        for name, value, high in (("rows", rows, MAX_SIDE), ("cols", cols, MAX_SIDE), ("arrays", arrays, MAX_ARRAYS)):
+            if not 1 <= value <= high:
+                raise ConfigError(f"{name}={value} is invalid: must be between 1 and {high} inclusive (sim://)")
+        self.profile = make_profile(profile) if isinstance(profile, str) else profile
+        self.model = TableDeviceModel(self.profile)
+        self._rng = np.random.default_rng(seed)
+        shape = (arrays, rows, cols)
+        self._conductance_s = self.model.initial_conductance(shape, self._rng)
+        self._step_factor = self.model.step_factors(shape, self._rng)
+        self._info = ArrayInfo(
+            rows=rows,
+            cols=cols,
+            arrays=arrays,
+            conductance_min_s=self.model.conductance_min_s,
+            conductance_max_s=self.model.conductance_max_s,
+            read_voltage_max_v=READ_VOLTAGE_MAX_V,
+            pulse_amplitude_max_v=PULSE_AMPLITUDE_MAX_V,
+            pulse_width_min_s=PULSE_WIDTH_MIN_S,
+            pulse_width_max_s=PULSE_WIDTH_MAX_S,
+            compliance_max_a=COMPLIANCE_MAX_A,
+            capabilities=frozenset({"batched_pulse", "analog_mvm"}),
+            identity=f"sim:{self.profile.name}:{arrays}x{rows}x{cols}:seed={seed}",
+        )
+        logger.info("opened simulator %s", self._info.identity)
+
+    def info(self) -> ArrayInfo:
+        return self._info
+
+    def _read(self, array, rows, cols, read_voltage_v):
+        return self.model.read(self._conductance_s[array, rows, cols], self._rng)
+
+    def _pulse(self, array, rows, cols, amplitude_v, width_s):
+        flat = np.ravel_multi_index((array.ravel(), rows.ravel(), cols.ravel()), self._conductance_s.shape)
+        if np.unique(flat).size != flat.size:
+            raise ConfigError("a cell is addressed twice in one pulse call; send one pulse per cell per call")
+        state = self._conductance_s.reshape(-1)
+        state[flat] = self.model.apply_pulses(
+            state[flat], amplitude_v.ravel(), width_s.ravel(), self._step_factor.reshape(-1)[flat], self._rng
+        )
+
+    def _mvm(self, array, voltages_v):
+        conductance = self._conductance_s[array]
+        currents = voltages_v @ conductance
+        sigma = self.profile.read_sigma_rel
+        if sigma > 0:
+            # Independent Gaussian noise per cell sums, per column, to one Gaussian whose variance is
+            # (v**2) @ (sigma * G)**2, so it is drawn once per output instead of once per cell.
+            std = np.sqrt((voltages_v**2) @ (sigma * conductance) ** 2)
+            currents = currents + std * self._rng.standard_normal(currents.shape)
+        return currents
+
+    def _close(self) -> None:
+        logger.info("closed simulator %s", self._info.identity)

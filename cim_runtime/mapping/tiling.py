@@ -1,0 +1,175 @@
+"""Cut layer matrices into tiles and place the tiles on the arrays of a crossbar system.
+
+A tile covers a block of one group's weight matrix: ``rows`` matrix rows and ``cols`` matrix columns.
+On the array it occupies ``rows`` physical rows and ``2 * cols`` physical columns, because each weight
+column becomes a differential pair: physical column ``2j`` holds G+ and ``2j + 1`` holds G-.
+Tiles are placed in shelves (left to right, then a new shelf below, then a new array), so one array can
+hold several small tiles.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from cim_runtime.errors import ConfigError
+from cim_runtime.mapping.lowering import LayerSpec
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One block of a layer matrix and where it sits on the hardware."""
+
+    layer: str
+    group: int
+    #: First matrix row and number of rows of the block.
+    row_start: int
+    rows: int
+    #: First matrix column and number of columns (weights, not physical columns) of the block.
+    col_start: int
+    cols: int
+    array: int
+    #: Physical row and column of the block's top-left cell on its array.
+    array_row: int
+    array_col: int
+
+
+@dataclass
+class TilePlan:
+    """Layers, tile size and tile placement for one network on one crossbar system."""
+
+    array_rows: int
+    array_cols: int
+    #: Largest tile, in physical rows and physical columns.
+    tile_rows: int
+    tile_cols: int
+    layers: list[LayerSpec]
+    tiles: list[Tile] = field(default_factory=list)
+
+    @property
+    def arrays_used(self) -> int:
+        return 1 + max((tile.array for tile in self.tiles), default=-1)
+
+    @property
+    def cells_used(self) -> int:
+        return sum(2 * tile.rows * tile.cols for tile in self.tiles)
+
+    def layer(self, name: str) -> LayerSpec:
+        for spec in self.layers:
+            if spec.name == name:
+                return spec
+        raise KeyError(name)
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "array_rows": self.array_rows, "array_cols": self.array_cols,
+                "tile_rows": self.tile_rows, "tile_cols": self.tile_cols,
+                "layers": [spec.to_dict() for spec in self.layers],
+                "tiles": [asdict(tile) for tile in self.tiles],
+            }
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> "TilePlan":
+        raw = json.loads(text)
+        return cls(
+            array_rows=raw["array_rows"], array_cols=raw["array_cols"],
+            tile_rows=raw["tile_rows"], tile_cols=raw["tile_cols"],
+            layers=[LayerSpec.from_dict(spec) for spec in raw["layers"]],
+            tiles=[Tile(**tile) for tile in raw["tiles"]],
+        )
+
+
+def check_tile_size(tile_rows: int, tile_cols: int, array_rows: int, array_cols: int) -> None:
+    """Raise :class:`ConfigError` unless the tile fits the array and holds whole differential pairs."""
+    if tile_rows < 1 or tile_cols < 2:
+        raise ConfigError(f"tile {tile_rows}x{tile_cols} is invalid: it needs at least 1 row and 2 columns")
+    if tile_cols % 2:
+        raise ConfigError(f"tile {tile_rows}x{tile_cols} is invalid: the column count must be even (G+/G- pairs)")
+    if tile_rows > array_rows or tile_cols > array_cols:
+        raise ConfigError(
+            f"tile {tile_rows}x{tile_cols} does not fit the {array_rows}x{array_cols} array: use --tile up to {array_rows}x{array_cols}"
+        )
+
+
+def _cut(spec: LayerSpec, tile_rows: int, weight_cols: int) -> list[tuple[int, int, int, int, int]]:
+    """Return (group, row_start, rows, col_start, cols) blocks covering every group's matrix."""
+    blocks = []
+    for group in range(spec.groups):
+        for row_start in range(0, spec.matrix_rows, tile_rows):
+            for col_start in range(0, spec.matrix_cols, weight_cols):
+                rows = min(tile_rows, spec.matrix_rows - row_start)
+                cols = min(weight_cols, spec.matrix_cols - col_start)
+                blocks.append((group, row_start, rows, col_start, cols))
+    return blocks
+
+
+def plan_tiles(layers: list[LayerSpec], tile_rows: int, tile_cols: int, array_rows: int, array_cols: int) -> TilePlan:
+    """Cut every layer into tiles and place them on arrays, starting at array 0."""
+    check_tile_size(tile_rows, tile_cols, array_rows, array_cols)
+    plan = TilePlan(array_rows, array_cols, tile_rows, tile_cols, list(layers))
+    array, shelf_row, shelf_height, next_col = 0, 0, 0, 0
+    for spec in layers:
+        for group, row_start, rows, col_start, cols in _cut(spec, tile_rows, tile_cols // 2):
+            width = 2 * cols
+            if next_col + width > array_cols:
+                shelf_row, shelf_height, next_col = shelf_row + shelf_height, 0, 0
+            if shelf_row + rows > array_rows:
+                array, shelf_row, shelf_height, next_col = array + 1, 0, 0, 0
+            plan.tiles.append(Tile(spec.name, group, row_start, rows, col_start, cols, array, shelf_row, next_col))
+            next_col += width
+            shelf_height = max(shelf_height, rows)
+    return plan
+
+
+@dataclass
+class CellTargets:
+    """Flat list of every used cell with its address and target conductance."""
+
+    array: np.ndarray
+    row: np.ndarray
+    col: np.ndarray
+    target_s: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.target_s.size)
+
+
+def _tile_cells(tile: Tile) -> tuple[np.ndarray, np.ndarray]:
+    """Physical (rows, cols) of a tile's cells, shape (rows, cols, 2) with the pair on the last axis."""
+    rows = tile.array_row + np.arange(tile.rows)[:, None, None]
+    cols = tile.array_col + 2 * np.arange(tile.cols)[None, :, None] + np.arange(2)[None, None, :]
+    return np.broadcast_to(rows, (tile.rows, tile.cols, 2)), np.broadcast_to(cols, (tile.rows, tile.cols, 2))
+
+
+def cell_targets(plan: TilePlan, pairs: dict[str, tuple[np.ndarray, np.ndarray]]) -> CellTargets:
+    """Gather the target of every used cell from per-layer (G+, G-) matrices of shape (groups, rows, cols)."""
+    arrays, rows, cols, targets = [], [], [], []
+    for tile in plan.tiles:
+        positive, negative = pairs[tile.layer]
+        block = np.s_[tile.group, tile.row_start : tile.row_start + tile.rows, tile.col_start : tile.col_start + tile.cols]
+        tile_rows, tile_cols = _tile_cells(tile)
+        arrays.append(np.full(tile_rows.size, tile.array))
+        rows.append(tile_rows.ravel())
+        cols.append(tile_cols.ravel())
+        targets.append(np.stack([positive[block], negative[block]], axis=-1).ravel())
+    return CellTargets(*(np.concatenate(part) for part in (arrays, rows, cols, targets)))
+
+
+def gather_pairs(plan: TilePlan, conductance_s: dict[int, np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Rebuild per-layer (G+, G-) matrices from whole-array conductance maps keyed by array index."""
+    pairs = {}
+    for spec in plan.layers:
+        shape = (spec.groups, spec.matrix_rows, spec.matrix_cols)
+        pairs[spec.name] = (np.full(shape, np.nan), np.full(shape, np.nan))
+    for tile in plan.tiles:
+        positive, negative = pairs[tile.layer]
+        block = np.s_[tile.group, tile.row_start : tile.row_start + tile.rows, tile.col_start : tile.col_start + tile.cols]
+        tile_rows, tile_cols = _tile_cells(tile)
+        measured = conductance_s[tile.array][tile_rows, tile_cols]
+        positive[block] = measured[..., 0]
+        negative[block] = measured[..., 1]
+    return pairs

@@ -1,0 +1,142 @@
+"""The main job: map a trained network, program it into arrays, read it back and classify photos."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from cim_runtime.data import check_images_readable, open_dataset
+from cim_runtime.driver import ArrayDriver
+from cim_runtime.errors import ConfigError, DataError
+from cim_runtime.inference import programmed_network
+from cim_runtime.mapping import ConductanceWindow, MappedNetwork, map_network
+from cim_runtime.programming import WriteVerifyConfig, WriteVerifyResult, write_verify
+from cim_runtime.zoo import load_model
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class InferenceRequest:
+    """What :func:`run_inference` maps, programs and classifies."""
+
+    model_dir: Path
+    data_root: Path
+    #: Physical tile size (rows, columns); the whole array if None.
+    tile: tuple[int, int] | None = None
+    #: Flowers102 split, used only when the data root has torchvision's Flowers102 layout.
+    split: str = "test"
+    batch_size: int = 64
+    write_verify: WriteVerifyConfig = field(default_factory=WriteVerifyConfig)
+    progress: bool = True
+
+
+@dataclass
+class InferenceOutcome:
+    """Everything the job measured, and the raw data behind its plot."""
+
+    summary: dict
+    programming: WriteVerifyResult
+
+
+def map_for_driver(network: torch.nn.Module, driver: ArrayDriver, tile: tuple[int, int] | None) -> MappedNetwork:
+    """Map ``network`` into the driver's conductance window and check that its arrays suffice."""
+    info = driver.info()
+    tile_rows, tile_cols = tile if tile is not None else (info.rows, info.cols)
+    window = ConductanceWindow(info.conductance_min_s, info.conductance_max_s)
+    mapped = map_network(network, window, tile_rows=tile_rows, tile_cols=tile_cols, array_rows=info.rows, array_cols=info.cols)
+    if mapped.plan.arrays_used > info.arrays:
+        raise ConfigError(
+            f"the network needs {mapped.plan.arrays_used} arrays of {info.rows}x{info.cols} but the backend has {info.arrays}; "
+            f"use a backend with more arrays (for the simulator: sim://?arrays={mapped.plan.arrays_used})"
+        )
+    return mapped
+
+
+def classify(digital: torch.nn.Module, programmed: torch.nn.Module, dataset, batch_size: int, progress: bool) -> dict:
+    """Run both networks on every image and return their top-1 accuracies and agreement."""
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+    correct_digital = correct_programmed = agree = total = 0
+    with torch.no_grad():
+        for images, labels in tqdm(loader, desc="classify", unit="batch", disable=not progress):
+            digital_top1 = digital(images).argmax(1)
+            programmed_top1 = programmed(images).argmax(1)
+            correct_digital += int((digital_top1 == labels).sum())
+            correct_programmed += int((programmed_top1 == labels).sum())
+            agree += int((digital_top1 == programmed_top1).sum())
+            total += int(labels.numel())
+    if total == 0:
+        raise DataError("the dataset holds no images")
+    return {
+        "images": total,
+        "digital_accuracy": correct_digital / total,
+        "programmed_accuracy": correct_programmed / total,
+        "prediction_agreement": agree / total,
+    }
+
+
+def weight_error(mapped: MappedNetwork, digital: torch.nn.Module, programmed: torch.nn.Module) -> float:
+    """Relative L2 error of all programmed weights against the digital ones."""
+    squared_error = squared_norm = 0.0
+    for spec in mapped.plan.layers:
+        reference = digital.get_submodule(spec.name).weight.detach().double()
+        actual = programmed.get_submodule(spec.name).weight.detach().double()
+        squared_error += float(((actual - reference) ** 2).sum())
+        squared_norm += float((reference**2).sum())
+    return float(np.sqrt(squared_error / max(squared_norm, 1e-300)))
+
+
+def run_inference(driver: ArrayDriver, request: InferenceRequest) -> InferenceOutcome:
+    """Map, program, read back and classify; return every figure of the run."""
+    stage_s = {}
+    started = time.monotonic()
+    recipe, network = load_model(request.model_dir)
+    dataset = open_dataset(request.data_root, recipe, request.split)
+    check_images_readable(dataset)
+    stage_s["load"] = time.monotonic() - started
+
+    started = time.monotonic()
+    mapped = map_for_driver(network, driver, request.tile)
+    stage_s["map"] = time.monotonic() - started
+
+    programming = write_verify(driver, mapped.targets(), request.write_verify, progress=request.progress)
+    stage_s["program"] = programming.elapsed_s
+
+    started = time.monotonic()
+    programmed, _ = programmed_network(driver, network, mapped, progress=request.progress)
+    stage_s["read_back"] = time.monotonic() - started
+
+    started = time.monotonic()
+    accuracy = classify(network, programmed, dataset, request.batch_size, request.progress)
+    stage_s["classify"] = time.monotonic() - started
+
+    info = driver.info()
+    plan = mapped.plan
+    summary = {
+        "model": {"name": recipe.name, "builder": recipe.builder, "input_size_px": recipe.input_size_px, "classes": len(recipe.classes)},
+        "data_root": str(request.data_root),
+        "backend": info.identity,
+        "conductance_window_s": [info.conductance_min_s, info.conductance_max_s],
+        "mapping": {
+            "layers": len(plan.layers),
+            "weights": sum(int(np.prod(spec.weight_shape)) for spec in plan.layers),
+            "cells": plan.cells_used,
+            "tiles": len(plan.tiles),
+            "arrays": plan.arrays_used,
+            "tile_rows": plan.tile_rows,
+            "tile_cols": plan.tile_cols,
+        },
+        "write_verify_config": asdict(request.write_verify),
+        "programming": programming.summary(),
+        "weight_relative_error": weight_error(mapped, network, programmed),
+        **accuracy,
+        "accuracy_difference_points": 100 * (accuracy["programmed_accuracy"] - accuracy["digital_accuracy"]),
+        "time_s": stage_s,
+    }
+    return InferenceOutcome(summary, programming)

@@ -1,0 +1,182 @@
+"""Bidirectional incremental-step write-verify, run in parallel over many cells through any driver.
+
+Each round reads every unfinished cell. A cell inside its tolerance band is accepted. A cell below its
+band gets a potentiation pulse, a cell above it a depression pulse. The amplitude starts at
+``start_amplitude_v`` and grows by ``amplitude_step_v`` on each repeated pulse in the same direction, up
+to ``max_amplitude_v``. A change of direction (an overshoot) restarts the ramp from a lower start:
+each reversal moves that cell's start amplitude a fraction ``1 - reversal_shrink`` of the way down to
+``min_amplitude_v``, so cells on a steep stretch of their curve get ever finer pulses near the target.
+A cell stops when it is accepted or when it has had ``max_pulses`` pulses; the loop also stops at
+``max_time_s``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from tqdm import tqdm
+
+from cim_runtime.driver import ArrayDriver
+from cim_runtime.errors import ConfigError
+from cim_runtime.mapping import CellTargets
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WriteVerifyConfig:
+    """Settings of :func:`write_verify`."""
+
+    #: Half-width of the acceptance band as a fraction of the backend's conductance window.
+    tolerance_rel: float = 0.01
+    #: Amplitude magnitude of the first pulse in a direction, in volts.
+    start_amplitude_v: float = 0.75
+    #: Floor of the start amplitude, in volts; set it near the device's switching threshold.
+    min_amplitude_v: float = 0.5
+    #: Factor applied to (start amplitude - floor) at each change of direction, 0 to 1.
+    reversal_shrink: float = 0.5
+    #: Amplitude increase per repeated pulse in the same direction, in volts.
+    amplitude_step_v: float = 0.05
+    #: Largest amplitude magnitude the ramp reaches, in volts.
+    max_amplitude_v: float = 2.0
+    #: Width of every pulse, in seconds.
+    width_s: float = 100e-6
+    #: Pulse budget per cell.
+    max_pulses: int = 100
+    #: Wall-clock budget of the whole run, in seconds.
+    max_time_s: float = 3600.0
+    #: Voltage of every verify read, in volts; the backend default if None.
+    read_voltage_v: float | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 < self.tolerance_rel < 0.5:
+            raise ConfigError(f"tolerance_rel={self.tolerance_rel} is invalid: must be above 0 and below 0.5")
+        if not 0 < self.start_amplitude_v <= self.max_amplitude_v:
+            raise ConfigError(
+                f"start_amplitude_v={self.start_amplitude_v} is invalid: must be above 0 and at most max_amplitude_v={self.max_amplitude_v}"
+            )
+        if not 0 < self.min_amplitude_v <= self.start_amplitude_v:
+            raise ConfigError(
+                f"min_amplitude_v={self.min_amplitude_v} is invalid: must be above 0 and at most start_amplitude_v={self.start_amplitude_v}"
+            )
+        if not 0 <= self.reversal_shrink <= 1:
+            raise ConfigError(f"reversal_shrink={self.reversal_shrink} is invalid: must be between 0 and 1 inclusive")
+        if self.amplitude_step_v < 0:
+            raise ConfigError(f"amplitude_step_v={self.amplitude_step_v} is invalid: must be at least 0")
+        if self.max_pulses < 0 or self.max_time_s <= 0:
+            raise ConfigError(f"max_pulses={self.max_pulses} and max_time_s={self.max_time_s} must be at least 0 and above 0")
+
+
+@dataclass
+class WriteVerifyResult:
+    """Outcome of a write-verify run, per cell and in summary."""
+
+    targets: CellTargets
+    #: Last verify read of every cell, in siemens.
+    measured_s: np.ndarray
+    #: Pulses applied to every cell.
+    pulses: np.ndarray
+    #: True where the last read was inside the tolerance band.
+    in_tolerance: np.ndarray
+    tolerance_s: float
+    elapsed_s: float
+    rounds: int
+
+    def summary(self) -> dict:
+        """Figures a report needs: pulses per cell, fraction in tolerance, failures, time."""
+        cells = len(self.targets)
+        return {
+            "cells": cells,
+            "tolerance_s": self.tolerance_s,
+            "pulses_total": int(self.pulses.sum()),
+            "pulses_per_cell_mean": float(self.pulses.mean()) if cells else 0.0,
+            "pulses_per_cell_p99": float(np.percentile(self.pulses, 99)) if cells else 0.0,
+            "fraction_in_tolerance": float(self.in_tolerance.mean()) if cells else 1.0,
+            "failed_cells": int(cells - self.in_tolerance.sum()),
+            "rounds": self.rounds,
+            "time_s": self.elapsed_s,
+        }
+
+
+def _check_amplitudes(driver: ArrayDriver, config: WriteVerifyConfig) -> None:
+    """Reject a ramp that would exceed the backend's limits before any pulse is sent."""
+    info = driver.info()
+    if config.max_amplitude_v > info.pulse_amplitude_max_v:
+        raise ConfigError(
+            f"max_amplitude_v={config.max_amplitude_v} exceeds the backend limit of {info.pulse_amplitude_max_v} V ({info.identity})"
+        )
+    if not info.pulse_width_min_s <= config.width_s <= info.pulse_width_max_s:
+        raise ConfigError(
+            f"width_s={config.width_s:g} is outside the backend range {info.pulse_width_min_s:g}..{info.pulse_width_max_s:g} s"
+        )
+
+
+def write_verify(
+    driver: ArrayDriver, targets: CellTargets, config: WriteVerifyConfig = WriteVerifyConfig(), *, progress: bool = True
+) -> WriteVerifyResult:
+    """Program every cell of ``targets`` to its target conductance.
+
+    Cells that end outside their band are reported in the result, not raised; callers that need
+    every cell in tolerance check :attr:`WriteVerifyResult.in_tolerance`.
+    """
+    _check_amplitudes(driver, config)
+    info = driver.info()
+    tolerance_s = config.tolerance_rel * info.window_s
+    count = len(targets)
+    measured = np.full(count, np.nan)
+    pulses = np.zeros(count, dtype=np.int32)
+    direction = np.zeros(count, dtype=np.int8)
+    amplitude = np.zeros(count)
+    start_amplitude = np.full(count, config.start_amplitude_v)
+    active = np.arange(count)
+    started = time.monotonic()
+    rounds = 0
+
+    with tqdm(total=count, desc="write-verify", unit="cell", disable=not progress) as bar:
+        while active.size:
+            rounds += 1
+            measured[active] = driver.read(
+                targets.row[active], targets.col[active], array=targets.array[active], read_voltage_v=config.read_voltage_v
+            )
+            error = measured[active] - targets.target_s[active]
+            needs_pulse = (np.abs(error) > tolerance_s) & (pulses[active] < config.max_pulses)
+            out_of_time = time.monotonic() - started > config.max_time_s
+            next_active = active[needs_pulse] if not out_of_time else active[:0]
+            bar.update(active.size - next_active.size)
+            if out_of_time and needs_pulse.any():
+                logger.warning("write-verify stopped at its time budget of %g s with %d cells unfinished", config.max_time_s, needs_pulse.sum())
+            active = next_active
+            if not active.size:
+                break
+
+            wanted = np.where(error[needs_pulse] < 0, 1, -1).astype(np.int8)
+            repeated = wanted == direction[active]
+            reversed_now = direction[active] == -wanted
+            start_amplitude[active[reversed_now]] = config.min_amplitude_v + config.reversal_shrink * (
+                start_amplitude[active[reversed_now]] - config.min_amplitude_v
+            )
+            amplitude[active] = np.where(
+                repeated, np.minimum(amplitude[active] + config.amplitude_step_v, config.max_amplitude_v), start_amplitude[active]
+            )
+            direction[active] = wanted
+            driver.pulse(
+                targets.row[active], targets.col[active], wanted * amplitude[active], config.width_s, array=targets.array[active]
+            )
+            pulses[active] += 1
+
+    in_tolerance = np.abs(measured - targets.target_s) <= tolerance_s
+    result = WriteVerifyResult(targets, measured, pulses, in_tolerance, tolerance_s, time.monotonic() - started, rounds)
+    logger.info("write-verify done: %s", result.summary())
+    return result
+
+
+def config_from_dict(raw: dict) -> WriteVerifyConfig:
+    """Build a config from a mapping, rejecting unknown keys."""
+    known = set(asdict(WriteVerifyConfig()))
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(f"unknown write-verify setting(s) {', '.join(unknown)}: use {', '.join(sorted(known))}")
+    return WriteVerifyConfig(**raw)

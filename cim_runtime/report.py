@@ -1,0 +1,76 @@
+"""Write run results: a JSON summary and PNG plots, each replaced atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from cim_runtime.programming import WriteVerifyResult
+
+#: Cells drawn into the scatter plot; more only slows the plot down.
+SCATTER_POINTS = 20_000
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write through a temporary file in the same folder, then rename it over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, data: dict) -> None:
+    def write(temporary: str) -> None:
+        Path(temporary).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+    _atomic_write(path, write)
+
+
+def plot_programming(path: Path, result: WriteVerifyResult, seed: int = 0) -> None:
+    """Plot target against programmed conductance and the histogram of programming error."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    target_us = result.targets.target_s * 1e6
+    measured_us = result.measured_s * 1e6
+    shown = np.random.default_rng(seed).permutation(target_us.size)[:SCATTER_POINTS]
+    tolerance_us = result.tolerance_s * 1e6
+
+    figure, (scatter, histogram) = plt.subplots(1, 2, figsize=(11, 4.5))
+    scatter.scatter(target_us[shown], measured_us[shown], s=2, alpha=0.3, color="tab:blue", label="cells")
+    low, high = float(target_us.min()), float(target_us.max())
+    scatter.plot([low, high], [low, high], color="black", linewidth=1, label="target")
+    scatter.fill_between([low, high], [low - tolerance_us, high - tolerance_us], [low + tolerance_us, high + tolerance_us],
+                         color="tab:green", alpha=0.2, label=f"tolerance ±{tolerance_us:.1f} µS")
+    scatter.set_xlabel("target conductance (µS)")
+    scatter.set_ylabel("programmed conductance, last verify read (µS)")
+    scatter.set_title(f"{target_us.size:,} cells, {100 * result.in_tolerance.mean():.2f} % in tolerance")
+    scatter.legend(loc="upper left")
+
+    histogram.hist(measured_us - target_us, bins=120, color="tab:blue")
+    histogram.axvline(-tolerance_us, color="tab:green")
+    histogram.axvline(tolerance_us, color="tab:green")
+    histogram.set_xlabel("programming error (µS)")
+    histogram.set_ylabel("cells")
+    histogram.set_yscale("log")
+    histogram.set_title(f"mean {result.pulses.mean():.1f} pulses per cell, p99 {np.percentile(result.pulses, 99):.0f}")
+    figure.tight_layout()
+
+    def write(temporary: str) -> None:
+        figure.savefig(temporary, dpi=110, format="png")
+
+    try:
+        _atomic_write(path, write)
+    finally:
+        plt.close(figure)

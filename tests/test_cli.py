@@ -1,0 +1,110 @@
+"""The cim-run command: bad input exits with status 2 and one line; a real run reports both accuracies."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cim_runtime.zoo import DEFAULT_MODEL_DIR, DEFAULT_SAMPLE_DIR
+
+
+def cim_run(*args: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "cim_runtime.cli", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=600)
+
+
+def sample_with_one_class(tmp_path: Path) -> Path:
+    root = tmp_path / "one_class"
+    shutil.copytree(DEFAULT_SAMPLE_DIR / "1", root / "1")
+    return root
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, fragment: str) -> None:
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("cim-run: error:")
+    assert fragment in lines[0]
+
+
+def test_missing_model_folder(tmp_path):
+    result = cim_run("infer", "--model", str(tmp_path / "nope"), "--output", str(tmp_path / "out"), "--no-progress")
+    assert_one_line_error(result, "model recipe not found")
+    assert not (tmp_path / "out").exists()
+
+
+def test_corrupt_weights(tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(DEFAULT_MODEL_DIR, model)
+    (model / "weights.pt").write_bytes(b"not a checkpoint")
+    result = cim_run("infer", "--model", str(model), "--data-root", str(sample_with_one_class(tmp_path)), "--no-progress")
+    assert_one_line_error(result, "cannot be loaded")
+
+
+def test_missing_data_folder(tmp_path):
+    result = cim_run("infer", "--data-root", str(tmp_path / "absent"), "--no-progress")
+    assert_one_line_error(result, "data folder not found")
+
+
+def test_classes_that_do_not_match_the_model(tmp_path):
+    (tmp_path / "data" / "sunflower_x").mkdir(parents=True)
+    shutil.copy(next((DEFAULT_SAMPLE_DIR / "1").glob("*.jpg")), tmp_path / "data" / "sunflower_x" / "a.jpg")
+    result = cim_run("infer", "--data-root", str(tmp_path / "data"), "--no-progress")
+    assert_one_line_error(result, "sunflower_x")
+
+
+def test_unreadable_image_leaves_no_output(tmp_path):
+    data = sample_with_one_class(tmp_path)
+    (data / "1" / "zz_truncated.jpg").write_bytes(b"\xff\xd8\xff")
+    result = cim_run("infer", "--data-root", str(data), "--output", str(tmp_path / "out"), "--no-progress")
+    assert_one_line_error(result, "zz_truncated.jpg")
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_device_profile(tmp_path):
+    result = cim_run("infer", "--device-profile", "C9D9", "--data-root", str(sample_with_one_class(tmp_path)), "--no-progress")
+    assert_one_line_error(result, "unknown device profile 'C9D9'")
+
+
+@pytest.mark.parametrize(("tile", "fragment"), [("512x512", "does not fit"), ("64x63", "even")])
+def test_impossible_tile(tmp_path, tile, fragment):
+    result = cim_run("infer", "--tile", tile, "--data-root", str(sample_with_one_class(tmp_path)), "--no-progress")
+    assert_one_line_error(result, fragment)
+
+
+def test_malformed_tile_is_a_usage_error(tmp_path):
+    result = cim_run("infer", "--tile", "big")
+    assert result.returncode == 2
+    assert "ROWSxCOLS" in result.stderr
+
+
+def test_profile_option_conflicts_with_url(tmp_path):
+    result = cim_run("infer", "--backend", "sim://?profile=C1D1", "--device-profile", "C4D1", "--no-progress")
+    assert_one_line_error(result, "conflicts")
+
+
+def test_info_prints_limits():
+    result = cim_run("info", "--device-profile", "Non_spikes_2")
+    assert result.returncode == 0, result.stderr
+    assert "sim:Non_spikes_2" in result.stdout
+    assert "compliance" in result.stdout
+
+
+def test_end_to_end_on_real_photos(tmp_path, flowers_subset):
+    output = tmp_path / "results"
+    result = cim_run("infer", "--data-root", str(flowers_subset), "--tile", "128x128", "--seed", "5",
+                     "--output", str(output), "--no-progress")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((output / "summary.json").read_text())
+    assert summary["images"] == 32
+    assert summary["programming"]["fraction_in_tolerance"] == 1.0
+    assert summary["mapping"]["tile_rows"] == 128
+    assert f"digital {100 * summary['digital_accuracy']:.2f} %" in result.stdout
+    assert f"programmed {100 * summary['programmed_accuracy']:.2f} %" in result.stdout
+    assert summary["prediction_agreement"] >= 0.8
+    assert (output / "conductance.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
