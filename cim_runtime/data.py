@@ -62,7 +62,7 @@ def open_image_folder(root: Path, recipe: Recipe) -> torchvision.datasets.ImageF
     """Open an ImageFolder tree whose class folders are a subset of the model's classes.
 
     Raises:
-        DataError: the folder is missing, holds no images, or has a class the model does not know.
+        DataError: the folder is missing, contains no images, or has a class the model does not know.
     """
     try:
         dataset = torchvision.datasets.ImageFolder(
@@ -84,17 +84,29 @@ def open_image_folder(root: Path, recipe: Recipe) -> torchvision.datasets.ImageF
     return dataset
 
 
+class LocalFlowers102(torchvision.datasets.Flowers102):
+    """torchvision's Flowers102 reader for a layout on disk, without the checksum of the .mat files.
+
+    torchvision compares ``imagelabels.mat`` and ``setid.mat`` with the MD5 sums of the published
+    files, so a layout rebuilt from another copy of the photos (a subset, or other splits) would be
+    rejected. Downloads stay off, and the loader still needs ``jpg/`` and both files.
+    """
+
+    def _check_integrity(self) -> bool:
+        return is_flowers102_root(Path(self.root))
+
+
 def open_flowers102(root: Path, recipe: Recipe, split: str) -> torchvision.datasets.Flowers102:
     """Open torchvision's Flowers102 (download off); its label k is the class folder ``str(k + 1)``."""
     expected = [str(k + 1) for k in range(102)]
     if [entry.folder for entry in recipe.classes] != expected:
         raise DataError(f"model {recipe.name!r} is not a 102-class Oxford Flowers model, so it cannot classify {root}")
     try:
-        return torchvision.datasets.Flowers102(
+        return LocalFlowers102(
             str(root), split=split, transform=eval_transform(recipe), download=False, loader=load_rgb_image
         )
-    except (RuntimeError, OSError, ValueError) as exc:
-        raise DataError(f"cannot open Flowers102 data under {root}: {exc}") from exc
+    except Exception as exc:  # scipy's .mat reader raises many types on a corrupt file
+        raise DataError(f"cannot open Flowers102 data under {root}: {type(exc).__name__}: {exc}") from exc
 
 
 def open_dataset(root: Path, recipe: Recipe, split: str = "test") -> torch.utils.data.Dataset:

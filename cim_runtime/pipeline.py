@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class InferenceRequest:
-    """What :func:`run_inference` maps, programs and classifies."""
+    """Inputs and settings of :func:`run_inference`."""
 
     model_dir: Path
     data_root: Path
@@ -72,7 +72,7 @@ def classify(digital: torch.nn.Module, programmed: torch.nn.Module, dataset, bat
             agree += int((digital_top1 == programmed_top1).sum())
             total += int(labels.numel())
     if total == 0:
-        raise DataError("the dataset holds no images")
+        raise DataError("the dataset contains no images")
     return {
         "images": total,
         "digital_accuracy": correct_digital / total,

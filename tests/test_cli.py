@@ -108,3 +108,13 @@ def test_end_to_end_on_real_photos(tmp_path, flowers_subset):
     assert f"programmed {100 * summary['programmed_accuracy']:.2f} %" in result.stdout
     assert summary["prediction_agreement"] >= 0.8
     assert (output / "conductance.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_weights_of_another_network(tmp_path):
+    import torch
+
+    model = tmp_path / "model"
+    shutil.copytree(DEFAULT_MODEL_DIR, model)
+    torch.save({"fc.weight": torch.zeros(3, 3)}, model / "weights.pt")
+    result = cim_run("infer", "--model", str(model), "--data-root", str(sample_with_one_class(tmp_path)), "--no-progress")
+    assert_one_line_error(result, "do not fit recipe")

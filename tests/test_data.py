@@ -98,3 +98,17 @@ def test_empty_folder_is_rejected(tmp_path, recipe):
     (tmp_path / "1").mkdir()
     with pytest.raises(DataError, match="no images"):
         open_dataset(tmp_path, recipe)
+
+
+def test_corrupt_flowers102_labels_are_rejected(tmp_path, flowers_root, recipe):
+    build_flowers102_layout(tmp_path, flowers_root, ["3"])
+    (tmp_path / "flowers-102" / "imagelabels.mat").write_bytes(b"MATLAB 5.0 but truncated")
+    with pytest.raises(DataError, match="cannot open Flowers102"):
+        open_dataset(tmp_path, recipe, split="test")
+
+
+def test_flowers102_split_without_ids_is_rejected(tmp_path, flowers_root, recipe):
+    build_flowers102_layout(tmp_path, flowers_root, ["3"])
+    scipy.io.savemat(tmp_path / "flowers-102" / "setid.mat", {"trnid": np.array([[1]])})
+    with pytest.raises(DataError, match="cannot open Flowers102"):
+        open_dataset(tmp_path, recipe, split="test")

@@ -72,7 +72,7 @@ def test_unknown_profile_names_the_choices():
 
 @pytest.mark.parametrize(
     ("content", "fragment"),
-    [("", "holds no values"), ("0.001\nabc\n", "line 2"), ("0.001\nnan\n", "not a finite"), ("\n\n", "holds no values")],
+    [("", "contains no values"), ("0.001\nabc\n", "line 2"), ("0.001\nnan\n", "not a finite"), ("\n\n", "contains no values")],
 )
 def test_bad_table_file_is_rejected(tmp_path, content, fragment):
     path = tmp_path / "table.txt"

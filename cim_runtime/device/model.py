@@ -8,8 +8,8 @@ The law, applied to every cell in a vectorized way:
 * A cell at conductance ``G`` sits at fractional pulse index ``k`` of the measured curve of that
   direction (found by interpolation) and moves to the curve's value at ``k + n``. Past either end of the
   curve the cell saturates; a pulse never moves a cell against its direction.
-* Device-to-device variation scales ``n`` by a per-cell factor drawn once (log-normal); cycle-to-cycle
-  variation scales it by ``1 + sigma * N(0, 1)`` per pulse (clipped at zero); a read returns
+* Device-to-device variation scales ``n`` by a per-cell log-normal factor drawn once. Cycle-to-cycle
+  variation scales it by ``1 + sigma * N(0, 1)`` per pulse, clipped at zero. A read returns
   ``G * (1 + sigma_read * N(0, 1))``.
 """
 
@@ -27,7 +27,7 @@ from cim_runtime.errors import ConfigError
 class PulseLaw:
     """How pulse amplitude and width scale the step along the measured curve.
 
-    NOTE: the published tables do not state the pulse amplitude or width behind them; the nominal
+    NOTE: the published tables do not state the pulse amplitude or width behind them. The nominal
     pulse (1.0 V, 100 us) and the 0.5 V threshold are assumptions, the same for every preset.
     """
 

@@ -62,7 +62,7 @@ def read_conductance_column(path: Path) -> np.ndarray:
             raise DataError(f"{path}, line {number}: {value} is not a finite conductance")
         values.append(value)
     if not values:
-        raise DataError(f"pulse table {path} holds no values")
+        raise DataError(f"pulse table {path} contains no values")
     return np.asarray(values, dtype=np.float64)
 
 
@@ -79,6 +79,6 @@ def load_measured_preset(name: str) -> PulseTable:
 
 
 def linear_table(conductance_min_s: float = 1e-3, conductance_max_s: float = 3e-3, levels: int = 64) -> PulseTable:
-    """A perfectly linear, symmetric table, for tests and as an ideal reference."""
+    """Build a perfectly linear, symmetric table, for tests and as an ideal reference."""
     ramp = np.linspace(conductance_min_s, conductance_max_s, levels)
     return PulseTable(name="ideal", potentiation_s=ramp, depression_s=ramp[::-1].copy())

@@ -3,7 +3,7 @@
 Public methods check every request against the backend's limits and then call a private method that
 the backend implements. Nothing outside the limits reaches a backend: a bad request raises
 :class:`~cim_runtime.errors.LimitError` and is never clipped. Cells are addressed by ``array`` (index of
-the crossbar array in the system), ``rows`` and ``cols``, as integer arrays of equal shape; a scalar
+the crossbar array in the system), ``rows`` and ``cols``, as integer arrays of equal shape. A scalar
 ``array`` applies to every cell.
 """
 
@@ -41,9 +41,9 @@ class ArrayInfo:
     read_voltage_max_v: float
     #: Largest pulse amplitude magnitude, in volts.
     pulse_amplitude_max_v: float
-    #: Shortest pulse width, in seconds.
+    #: Minimum pulse width, in seconds.
     pulse_width_min_s: float
-    #: Longest pulse width, in seconds.
+    #: Maximum pulse width, in seconds.
     pulse_width_max_s: float
     #: Largest compliance current the source can be set to, in amperes.
     compliance_max_a: float

@@ -13,8 +13,8 @@ from cim_runtime.mapping import LayerSpec, MappedNetwork, Tile, lower_input, rai
 class TiledLayer(nn.Module):
     """A Conv2d or Linear computed from its crossbar matrices, one tile at a time.
 
-    Each tile multiplies its block of input rows by its block of the matrix; blocks that share output
-    columns are summed, which is what the digital periphery of a tiled crossbar system does.
+    Each tile multiplies its block of input rows by its block of the matrix. Blocks that share output
+    columns are summed, as the digital periphery of a tiled crossbar system does.
     """
 
     def __init__(self, spec: LayerSpec, weight: torch.Tensor, bias: torch.Tensor | None, tiles: list[Tile]):

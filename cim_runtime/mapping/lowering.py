@@ -2,7 +2,7 @@
 
 A crossbar computes ``y = x @ W`` with inputs on rows and outputs on columns. For a Conv2d with
 ``groups`` groups, group ``g`` has the matrix ``W_g`` of shape ``(in_channels/groups * kh * kw,
-out_channels/groups)``; its rows follow torch's ``unfold`` order (channel, then kernel row, then
+out_channels/groups)``. Its rows follow torch's ``unfold`` order (channel, then kernel row, then
 kernel column), so ``unfold(x) @ W_g`` reproduces the convolution for any kernel size, stride,
 padding (numbers, ``'same'``, ``'valid'``, and every ``padding_mode``), dilation and groups.
 """

@@ -2,7 +2,7 @@
 
 A tile covers a block of one group's weight matrix: ``rows`` matrix rows and ``cols`` matrix columns.
 On the array it occupies ``rows`` physical rows and ``2 * cols`` physical columns, because each weight
-column becomes a differential pair: physical column ``2j`` holds G+ and ``2j + 1`` holds G-.
+column becomes a differential pair: physical column ``2j`` is G+ and ``2j + 1`` is G-.
 Tiles are placed in shelves (left to right, then a new shelf below, then a new array), so one array can
 hold several small tiles.
 """
@@ -84,7 +84,7 @@ class TilePlan:
 
 
 def check_tile_size(tile_rows: int, tile_cols: int, array_rows: int, array_cols: int) -> None:
-    """Raise :class:`ConfigError` unless the tile fits the array and holds whole differential pairs."""
+    """Raise :class:`ConfigError` unless the tile fits the array and contains whole differential pairs."""
     if tile_rows < 1 or tile_cols < 2:
         raise ConfigError(f"tile {tile_rows}x{tile_cols} is invalid: it needs at least 1 row and 2 columns")
     if tile_cols % 2:

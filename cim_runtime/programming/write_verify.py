@@ -3,9 +3,9 @@
 Each round reads every unfinished cell. A cell inside its tolerance band is accepted. A cell below its
 band gets a potentiation pulse, a cell above it a depression pulse. The amplitude starts at
 ``start_amplitude_v`` and grows by ``amplitude_step_v`` on each repeated pulse in the same direction, up
-to ``max_amplitude_v``. A change of direction (an overshoot) restarts the ramp from a lower start:
-each reversal moves that cell's start amplitude a fraction ``1 - reversal_shrink`` of the way down to
-``min_amplitude_v``, so cells on a steep stretch of their curve get ever finer pulses near the target.
+to ``max_amplitude_v``. A change of direction (an overshoot) restarts the ramp from a lower start. Each
+reversal moves that cell's start amplitude a fraction ``1 - reversal_shrink`` of the way down to
+``min_amplitude_v``. Cells on a steep stretch of their curve thus get ever finer pulses near the target.
 A cell stops when it is accepted or when it has had ``max_pulses`` pulses; the loop also stops at
 ``max_time_s``.
 """

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -114,9 +115,14 @@ def load_model(model_dir: Path) -> tuple[Recipe, nn.Module]:
         raise DataError(f"model weights not found: {weights_path}")
     try:
         state = torch.load(weights_path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError) as exc:
+        raise DataError(
+            f"model weights {weights_path} cannot be loaded: it is not a state_dict saved by torch.save ({type(exc).__name__})"
+        ) from exc
+    try:
         network.load_state_dict(state)
-    except (RuntimeError, OSError, EOFError, ValueError, KeyError, TypeError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"model weights {weights_path} cannot be loaded: {first_line}") from exc
+    except (RuntimeError, KeyError, TypeError, AttributeError) as exc:
+        detail = " ".join(str(exc).split())[:300]
+        raise DataError(f"model weights {weights_path} do not fit recipe {recipe.name!r}: {detail}") from exc
     network.eval()
     return recipe, network

@@ -1,6 +1,6 @@
 """Train a bundled network digitally on an ImageFolder dataset and write its checkpoint and recipe.
 
-Run as ``python -m cim_runtime.zoo.train --data-root DIR --output DIR``. The data root holds
+Run as ``python -m cim_runtime.zoo.train --data-root DIR --output DIR``. The data root contains
 ``train/<class>/`` and ``valid/<class>/``; an optional ``cat_to_name.json`` gives readable class names.
 Photos are decoded once into a uint8 tensor cache, so an epoch costs only the network's own compute.
 """
