@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import abc
 import logging
+import math
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -145,6 +147,11 @@ class ArrayDriver(abc.ABC):
         self._check_array_index(np.asarray(array))
         return self._mvm(int(array), voltages)
 
+    def wait_s(self, duration_s: float) -> None:
+        """Let ``duration_s`` seconds pass (retention measurements); hardware backends sleep."""
+        self._check_wait(duration_s)
+        time.sleep(duration_s)
+
     def close(self) -> None:
         """Release the hardware; calling it again does nothing."""
         if not self._closed:
@@ -226,6 +233,10 @@ class ArrayDriver(abc.ABC):
         info = self.info()
         self._check_range("width_s", width, info.pulse_width_min_s, info.pulse_width_max_s)
         return width
+
+    def _check_wait(self, duration_s: float) -> None:
+        if not (math.isfinite(duration_s) and duration_s >= 0):
+            raise ConfigError(f"duration_s={duration_s} is invalid: must be a finite number of seconds, at least 0")
 
     def _check_compliance(self, compliance_a: float | None) -> None:
         if compliance_a is None:

@@ -3,8 +3,8 @@
 URL grammar: ``sim://?profile=C4D1&rows=256&cols=256&arrays=64&seed=0``. Every option may be left
 out; unknown options are errors.
 
-* ``profile``: a measured preset (C1D1, C4D1, C1D8, Identical_spikes, Non_spikes_1, Non_spikes_2) or
-  ``ideal`` (linear, no variation, no noise). Default C4D1.
+* ``profile``: a measured preset (C1D1, C4D1, C1D8, Identical_spikes, Non_spikes_1, Non_spikes_2),
+  ``ideal`` (linear, no variation, no noise) or the path of a device TOML file. Default C4D1.
 * ``rows``, ``cols``: cells per array, 1 to 4096. Default 256 x 256.
 * ``arrays``: arrays in the system, 1 to 1024. Default 64.
 * ``seed``: seed of every random draw (fabrication spread, pulse noise, read noise). Default 0.
@@ -16,7 +16,7 @@ import logging
 
 import numpy as np
 
-from cim_runtime.device import DEFAULT_PROFILE, DeviceProfile, TableDeviceModel, make_profile
+from cim_runtime.device import DEFAULT_PROFILE, CellPopulation, DeviceConfig, make_profile
 from cim_runtime.driver.base import ArrayDriver, ArrayInfo
 from cim_runtime.errors import ConfigError
 
@@ -33,11 +33,15 @@ MAX_ARRAYS = 1024
 
 
 class SimulatorDriver(ArrayDriver):
-    """A seeded simulation of ``arrays`` crossbars of ``rows`` x ``cols`` cells."""
+    """A seeded simulation of ``arrays`` crossbars of ``rows`` x ``cols`` cells.
+
+    The simulator keeps a virtual clock: each pulse call advances it by the longest pulse width and
+    :meth:`wait_s` by the given time, so drift depends on simulated, not wall-clock, time.
+    """
 
     def __init__(
         self,
-        profile: str | DeviceProfile = DEFAULT_PROFILE,
+        profile: str | DeviceConfig = DEFAULT_PROFILE,
         *,
         rows: int = 256,
         cols: int = 256,
@@ -49,17 +53,16 @@ class SimulatorDriver(ArrayDriver):
             if not 1 <= value <= high:
                 raise ConfigError(f"{name}={value} is invalid: must be between 1 and {high} inclusive (sim://)")
         self.profile = make_profile(profile) if isinstance(profile, str) else profile
-        self.model = TableDeviceModel(self.profile)
-        self._rng = np.random.default_rng(seed)
-        shape = (arrays, rows, cols)
-        self._conductance_s = self.model.initial_conductance(shape, self._rng)
-        self._step_factor = self.model.step_factors(shape, self._rng)
+        self._shape = (arrays, rows, cols)
+        self.cells = CellPopulation(self.profile, arrays * rows * cols, np.random.default_rng(seed))
+        self._now_s = 0.0
+        window_min_s, window_max_s = self.cells.window_s()
         self._info = ArrayInfo(
             rows=rows,
             cols=cols,
             arrays=arrays,
-            conductance_min_s=self.model.conductance_min_s,
-            conductance_max_s=self.model.conductance_max_s,
+            conductance_min_s=window_min_s,
+            conductance_max_s=window_max_s,
             read_voltage_max_v=READ_VOLTAGE_MAX_V,
             pulse_amplitude_max_v=PULSE_AMPLITUDE_MAX_V,
             pulse_width_min_s=PULSE_WIDTH_MIN_S,
@@ -73,27 +76,48 @@ class SimulatorDriver(ArrayDriver):
     def info(self) -> ArrayInfo:
         return self._info
 
+    @property
+    def now_s(self) -> float:
+        """Virtual time since the simulator was opened, in seconds."""
+        return self._now_s
+
+    def wait_s(self, duration_s: float) -> None:
+        """Advance the virtual clock without sleeping."""
+        self._check_wait(duration_s)
+        self._now_s += float(duration_s)
+
+    def true_conductance_s(self, array: int = 0) -> np.ndarray:
+        """Return the noiseless conductance of one array, drift included; a simulator-only view."""
+        return self._array_conductance(array)
+
+    def _flat(self, array, rows, cols) -> np.ndarray:
+        return np.ravel_multi_index((array.ravel(), rows.ravel(), cols.ravel()), self._shape)
+
+    def _array_conductance(self, array: int) -> np.ndarray:
+        size = self._shape[1] * self._shape[2]
+        index = np.arange(array * size, (array + 1) * size)
+        return self.cells.conductance_at(index, self._now_s).reshape(self._shape[1:])
+
     def _read(self, array, rows, cols, read_voltage_v):
-        return self.model.read(self._conductance_s[array, rows, cols], self._rng)
+        return self.cells.read(self._flat(array, rows, cols), self._now_s).reshape(rows.shape)
 
     def _pulse(self, array, rows, cols, amplitude_v, width_s):
-        flat = np.ravel_multi_index((array.ravel(), rows.ravel(), cols.ravel()), self._conductance_s.shape)
+        flat = self._flat(array, rows, cols)
         if np.unique(flat).size != flat.size:
             raise ConfigError("a cell is addressed twice in one pulse call; send one pulse per cell per call")
-        state = self._conductance_s.reshape(-1)
-        state[flat] = self.model.apply_pulses(
-            state[flat], amplitude_v.ravel(), width_s.ravel(), self._step_factor.reshape(-1)[flat], self._rng
-        )
+        self.cells.pulse(flat, amplitude_v.ravel(), width_s.ravel(), self._now_s)
+        if width_s.size:
+            self._now_s += float(width_s.max())
 
     def _mvm(self, array, voltages_v):
-        conductance = self._conductance_s[array]
+        conductance = self._array_conductance(array)
         currents = voltages_v @ conductance
-        sigma = self.profile.read_sigma_rel
+        sigma = self.profile.variation.read_sigma_rel
         if sigma > 0:
             # Independent Gaussian noise per cell sums, per column, to one Gaussian whose variance is
             # (v**2) @ (sigma * G)**2, so it is drawn once per output instead of once per cell.
             std = np.sqrt((voltages_v**2) @ (sigma * conductance) ** 2)
-            currents = currents + std * self._rng.standard_normal(currents.shape)
+            currents = currents + std * self.cells.draw_normal(currents.shape)
         return currents
 
     def _close(self) -> None:

@@ -1,0 +1,134 @@
+"""Pulse-response curves in normalized conductance ``x = (G - G_min) / (G_max - G_min)``.
+
+A curve says where a cell at ``x`` goes after ``n`` nominal pulses (``n`` may be fractional). Every
+curve is vectorized over cells, keeps ``x`` inside ``[0, 1]`` and never moves a cell against the
+direction of the pulse. Four forms are available:
+
+* :class:`TableResponse`: measured conductance after each pulse, interpolated, so a cell may start
+  anywhere on the curve.
+* :class:`ExponentialResponse`: ``x(p) = (1 - exp(-nu * p / N)) / (1 - exp(-nu))`` for potentiation from
+  the bottom after ``p`` pulses, mirrored for depression from the top. ``nu`` is the nonlinearity
+  factor of that direction (0 is linear, positive saturates, negative accelerates) and ``N`` the
+  number of pulses that crosses the window. ``nu = 0`` for both directions is the linear-step form.
+* :class:`SoftBoundsResponse`: each pulse moves a fraction ``alpha`` of the remaining distance to the
+  bound, ``x -> x + alpha * (1 - x)`` up and ``x -> x - alpha * x`` down.
+"""
+
+from __future__ import annotations
+
+import abc
+
+import numpy as np
+
+#: Nonlinearity factors below this magnitude are treated as linear, to avoid 0/0.
+LINEAR_NU = 1e-6
+
+
+def exponential_shape(u: np.ndarray, nu) -> np.ndarray:
+    """Return ``(1 - exp(-nu u)) / (1 - exp(-nu))`` for ``u`` in [0, 1]; ``u`` itself where nu is ~0."""
+    nu = np.asarray(nu, dtype=np.float64)
+    linear = np.abs(nu) < LINEAR_NU
+    safe_nu = np.where(linear, 1.0, nu)
+    curved = np.expm1(-safe_nu * u) / np.expm1(-safe_nu)
+    return np.where(linear, u, curved)
+
+
+def inverse_exponential_shape(x: np.ndarray, nu) -> np.ndarray:
+    """Invert :func:`exponential_shape`: return the ``u`` in [0, 1] at which the shape equals ``x``."""
+    nu = np.asarray(nu, dtype=np.float64)
+    linear = np.abs(nu) < LINEAR_NU
+    safe_nu = np.where(linear, 1.0, nu)
+    x = np.clip(x, 0.0, 1.0)
+    # For large positive nu the shape reaches 1 within rounding; keep log1p's argument above -1.
+    curved = -np.log1p(np.maximum(x * np.expm1(-safe_nu), -1.0 + 1e-15)) / safe_nu
+    return np.clip(np.where(linear, x, curved), 0.0, 1.0)
+
+
+class ResponseCurve(abc.ABC):
+    """Where ``n`` nominal pulses move cells, in normalized conductance."""
+
+    @abc.abstractmethod
+    def up(self, x: np.ndarray, pulses: np.ndarray) -> np.ndarray:
+        """Return ``x`` after ``pulses`` potentiation pulses."""
+
+    @abc.abstractmethod
+    def down(self, x: np.ndarray, pulses: np.ndarray) -> np.ndarray:
+        """Return ``x`` after ``pulses`` depression pulses."""
+
+    def reachable(self) -> tuple[float, float]:
+        """Return the normalized range that both directions reach, the window for programming targets."""
+        return 0.0, 1.0
+
+
+def _increasing(values: np.ndarray) -> np.ndarray:
+    """Make a measured curve strictly increasing so that interpolation can invert it."""
+    running_max = np.maximum.accumulate(values)
+    return running_max + np.arange(values.size) * 1e-12
+
+
+class TableResponse(ResponseCurve):
+    """Measured curves, given in normalized conductance, one value after each pulse."""
+
+    def __init__(self, potentiation: np.ndarray, depression: np.ndarray):
+        self._up = _increasing(np.asarray(potentiation, dtype=np.float64))
+        # The depression curve falls with pulse count; keep it reversed so that it rises with index.
+        self._down_reversed = _increasing(np.asarray(depression, dtype=np.float64)[::-1])
+        self._up_index = np.arange(self._up.size, dtype=np.float64)
+        self._down_index = np.arange(self._down_reversed.size, dtype=np.float64)
+
+    def up(self, x, pulses):
+        start = np.interp(x, self._up, self._up_index)
+        return np.maximum(x, np.interp(start + pulses, self._up_index, self._up))
+
+    def down(self, x, pulses):
+        start = np.interp(x, self._down_reversed, self._down_index)
+        return np.minimum(x, np.interp(start - pulses, self._down_index, self._down_reversed))
+
+    def reachable(self):
+        low = max(self._up[0], self._down_reversed[0])
+        high = min(self._up[-1], self._down_reversed[-1])
+        return float(low), float(high)
+
+
+class ExponentialResponse(ResponseCurve):
+    """The exponential form with a nonlinearity factor and a pulse count per direction.
+
+    ``nu_up`` and ``nu_down`` may be per-cell arrays (device-to-device spread) broadcastable to ``x``.
+    """
+
+    def __init__(self, nu_up, nu_down, pulses_up: float, pulses_down: float):
+        self.nu_up = nu_up
+        self.nu_down = nu_down
+        self.pulses_up = float(pulses_up)
+        self.pulses_down = float(pulses_down)
+
+    @staticmethod
+    def _pick(value, index):
+        array = np.asarray(value)
+        return array if array.ndim == 0 or index is None else array[index]
+
+    def up(self, x, pulses, index=None):
+        nu = self._pick(self.nu_up, index)
+        start = inverse_exponential_shape(x, nu)
+        moved = exponential_shape(np.clip(start + pulses / self.pulses_up, 0.0, 1.0), nu)
+        return np.maximum(x, moved)
+
+    def down(self, x, pulses, index=None):
+        nu = self._pick(self.nu_down, index)
+        start = inverse_exponential_shape(1.0 - x, nu)
+        moved = 1.0 - exponential_shape(np.clip(start + pulses / self.pulses_down, 0.0, 1.0), nu)
+        return np.minimum(x, moved)
+
+
+class SoftBoundsResponse(ResponseCurve):
+    """Steps proportional to the distance from the bound they approach."""
+
+    def __init__(self, alpha_up: float, alpha_down: float):
+        self.alpha_up = float(alpha_up)
+        self.alpha_down = float(alpha_down)
+
+    def up(self, x, pulses):
+        return 1.0 - (1.0 - x) * (1.0 - self.alpha_up) ** pulses
+
+    def down(self, x, pulses):
+        return x * (1.0 - self.alpha_down) ** pulses
