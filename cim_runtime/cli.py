@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from urllib.parse import urlencode
 
-from cim_runtime import __version__, log_to_screen
+from cim_runtime import __version__, cli_device, log_to_screen
 from cim_runtime.driver import DEFAULT_BACKEND_URL, open_driver, split_backend_url
 from cim_runtime.errors import CimError, ConfigError
 from cim_runtime.pipeline import InferenceRequest, run_inference
@@ -99,7 +99,8 @@ def add_backend_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", default=DEFAULT_BACKEND_URL, metavar="URL",
                         help=f"crossbar backend URL (default {DEFAULT_BACKEND_URL}, the simulator)")
     parser.add_argument("--device-profile", metavar="NAME",
-                        help="simulator device profile: C1D1, C4D1 (default), C1D8, Identical_spikes, Non_spikes_1, Non_spikes_2 or ideal")
+                        help="simulator device profile: C1D1, C4D1 (default), C1D8, Identical_spikes, Non_spikes_1, Non_spikes_2, "
+                             "ideal, or a device .toml file")
     parser.add_argument("--seed", type=int, help="simulator seed (default 0)")
 
 
@@ -129,7 +130,16 @@ def build_parser() -> argparse.ArgumentParser:
     info = commands.add_parser("info", help="print a backend's geometry and limits")
     add_backend_options(info)
     info.set_defaults(handler=command_info)
+    cli_device.add_commands(commands, add_backend_options)
     return parser
+
+
+def command_device(args: argparse.Namespace) -> int:
+    if args.device_handler == "characterize":
+        return cli_device.command_characterize(args, backend_url(args.backend, args.device_profile, args.seed))
+    if args.device_handler == "fit":
+        return cli_device.command_fit(args)
+    return cli_device.command_device_show(args)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.verbose:
         log_to_screen(logging.INFO)
     try:
-        return args.handler(args)
+        return (args.handler or command_device)(args)
     except CimError as exc:
         print(f"cim-run: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -67,6 +67,13 @@ def plot_programming(path: Path, result: WriteVerifyResult, seed: int = 0) -> No
     histogram.set_title(f"mean {result.pulses.mean():.1f} pulses per cell, p99 {np.percentile(result.pulses, 99):.0f}")
     figure.tight_layout()
 
+    save_figure(figure, path)
+
+
+def save_figure(figure, path: Path) -> None:
+    """Save a matplotlib figure as PNG through a temporary file, then close it."""
+    import matplotlib.pyplot as plt
+
     def write(temporary: str) -> None:
         figure.savefig(temporary, dpi=110, format="png")
 

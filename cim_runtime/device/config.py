@@ -80,6 +80,10 @@ class ResponseConfig:
     pulses_up: float = 64.0
     #: Exponential and linear-step forms: nominal pulses that cross the range downwards.
     pulses_down: float = 64.0
+    #: Exponential form: (start, end) of the potentiation curve in siemens; the whole range if empty.
+    up_span_s: tuple[float, ...] = ()
+    #: Exponential form: (start, end) of the depression curve in siemens; the whole range if empty.
+    down_span_s: tuple[float, ...] = ()
     #: Soft-bounds form: fraction of the distance to the top moved by one nominal pulse.
     step_fraction_up: float = 0.05
     #: Soft-bounds form: fraction of the distance to the bottom moved by one nominal pulse.
@@ -100,6 +104,12 @@ class ResponseConfig:
         for label in ("nonlinearity_up", "nonlinearity_down"):
             value = getattr(self, label)
             _require(math.isfinite(value) and abs(value) <= 50, f"{label}={value} is invalid: must be between -50 and 50")
+        for label, increasing in (("up_span_s", True), ("down_span_s", False)):
+            span = getattr(self, label)
+            if span:
+                _require(len(span) == 2 and all(math.isfinite(v) for v in span), f"{label} must be two finite conductances, got {span}")
+                _require((span[1] > span[0]) == increasing and low <= min(span) and max(span) <= high,
+                         f"{label}={list(span)} is invalid: it must run {'up' if increasing else 'down'} inside [{low:g}, {high:g}] S")
         for label in ("step_fraction_up", "step_fraction_down"):
             value = getattr(self, label)
             _require(0 < value < 1, f"{label}={value} is invalid: must be above 0 and below 1")
@@ -123,6 +133,8 @@ class ResponseConfig:
             self.nonlinearity_up if nu_up is None else nu_up,
             self.nonlinearity_down if nu_down is None else nu_down,
             self.pulses_up, self.pulses_down,
+            span_up=tuple(self.normalize(self.up_span_s)) if self.up_span_s else (0.0, 1.0),
+            span_down=tuple(self.normalize(self.down_span_s)) if self.down_span_s else (1.0, 0.0),
         )
 
 
@@ -191,7 +203,7 @@ class DeviceConfig:
     def to_toml(self) -> str:
         document = asdict(self)
         response = document["response"]
-        for key in ("potentiation_s", "depression_s"):
+        for key in ("potentiation_s", "depression_s", "up_span_s", "down_span_s"):
             if not response[key]:
                 del response[key]
             else:

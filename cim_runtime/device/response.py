@@ -76,13 +76,17 @@ class TableResponse(ResponseCurve):
         self._up_index = np.arange(self._up.size, dtype=np.float64)
         self._down_index = np.arange(self._down_reversed.size, dtype=np.float64)
 
+    # A cell outside a curve's range lands on the curve's end after any pulse, but never after
+    # a pulse below threshold (zero nominal pulses).
     def up(self, x, pulses):
         start = np.interp(x, self._up, self._up_index)
-        return np.maximum(x, np.interp(start + pulses, self._up_index, self._up))
+        moved = np.maximum(x, np.interp(start + pulses, self._up_index, self._up))
+        return np.where(pulses > 0, moved, x)
 
     def down(self, x, pulses):
         start = np.interp(x, self._down_reversed, self._down_index)
-        return np.minimum(x, np.interp(start - pulses, self._down_index, self._down_reversed))
+        moved = np.minimum(x, np.interp(start - pulses, self._down_index, self._down_reversed))
+        return np.where(pulses > 0, moved, x)
 
     def reachable(self):
         low = max(self._up[0], self._down_reversed[0])
@@ -91,33 +95,48 @@ class TableResponse(ResponseCurve):
 
 
 class ExponentialResponse(ResponseCurve):
-    """The exponential form with a nonlinearity factor and a pulse count per direction.
+    """The exponential form with a nonlinearity factor, a pulse count and a span per direction.
 
-    ``nu_up`` and ``nu_down`` may be per-cell arrays (device-to-device spread) broadcastable to ``x``.
+    A direction's span is the normalized conductance where its curve starts and ends (``(0, 1)`` for
+    potentiation and ``(1, 0)`` for depression unless measured otherwise). A cell outside the span lands
+    on the curve's end after any pulse above threshold. ``nu_up`` and ``nu_down`` may be per-cell arrays
+    (device-to-device spread).
     """
 
-    def __init__(self, nu_up, nu_down, pulses_up: float, pulses_down: float):
+    def __init__(self, nu_up, nu_down, pulses_up: float, pulses_down: float,
+                 span_up: tuple[float, float] = (0.0, 1.0), span_down: tuple[float, float] = (1.0, 0.0)):
         self.nu_up = nu_up
         self.nu_down = nu_down
         self.pulses_up = float(pulses_up)
         self.pulses_down = float(pulses_down)
+        self.span_up = tuple(map(float, span_up))
+        self.span_down = tuple(map(float, span_down))
 
     @staticmethod
     def _pick(value, index):
         array = np.asarray(value)
         return array if array.ndim == 0 or index is None else array[index]
 
+    @staticmethod
+    def _advance(x, pulses, nu, count, span):
+        start, end = span
+        relative = (x - start) / (end - start)
+        position = inverse_exponential_shape(relative, nu)
+        moved = start + (end - start) * exponential_shape(np.clip(position + pulses / count, 0.0, 1.0), nu)
+        return np.where(pulses > 0, moved, x)
+
     def up(self, x, pulses, index=None):
-        nu = self._pick(self.nu_up, index)
-        start = inverse_exponential_shape(x, nu)
-        moved = exponential_shape(np.clip(start + pulses / self.pulses_up, 0.0, 1.0), nu)
+        moved = self._advance(x, pulses, self._pick(self.nu_up, index), self.pulses_up, self.span_up)
         return np.maximum(x, moved)
 
     def down(self, x, pulses, index=None):
-        nu = self._pick(self.nu_down, index)
-        start = inverse_exponential_shape(1.0 - x, nu)
-        moved = 1.0 - exponential_shape(np.clip(start + pulses / self.pulses_down, 0.0, 1.0), nu)
+        moved = self._advance(x, pulses, self._pick(self.nu_down, index), self.pulses_down, self.span_down)
         return np.minimum(x, moved)
+
+    def reachable(self):
+        low = max(min(self.span_up), min(self.span_down))
+        high = min(max(self.span_up), max(self.span_down))
+        return float(low), float(high)
 
 
 class SoftBoundsResponse(ResponseCurve):

@@ -1,0 +1,237 @@
+"""Fit a device model to pulse-train measurements.
+
+The exponential form (see :mod:`cim_runtime.device.response`) is fitted to the mean ramp of each
+direction: ``G(k) = G_start + (G_end - G_start) * shape(k / N, nu)`` with ``k`` the pulse count and
+``N`` the pulses of the measured train, so ``G_start``, ``G_end`` and ``nu`` are fitted. The device
+range is the union of both spans. The fit error is the RMS deviation from the mean ramp divided by
+the measured range (NRMSE). Where the exponential form misses by more than
+``max_nrmse``, ``model="auto"`` keeps a table model instead: the mean ramps made monotonic by
+isotonic regression.
+
+Descriptors besides the model parameters:
+
+* asymmetric nonlinearity (ANL): ``(G_up(n/2) - G_down(n/2)) / W`` at mid-train, 0 for a linear
+  symmetric device;
+* cycle-to-cycle step sigma: spread of the per-pulse conductance steps around the mean step of the
+  same cell, relative to the mean step (read noise of the measurement is included); it needs at least
+  two ramps per direction, and the device file keeps the default where it cannot be measured;
+* ramp-to-ramp spread: the standard deviation across ramps at each pulse, averaged over pulses;
+* distinguishable levels: ``1 + floor(W / (2 * spread))``, capped at the pulses of the longer train;
+* device-to-device spread of the range, nonlinearity and step, where the file names several cells.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.optimize import isotonic_regression, least_squares
+
+from cim_runtime.device.config import DeviceConfig, ResponseConfig, VariationConfig
+from cim_runtime.device.readers import PulseTrainData
+from cim_runtime.device.response import exponential_shape
+from cim_runtime.errors import ConfigError, DataError
+
+logger = logging.getLogger(__name__)
+
+MODELS = ("auto", "exponential", "table")
+NU_BOUND = 30.0
+
+
+def mean_ramp(ramps: list[np.ndarray]) -> np.ndarray:
+    """Average ramps pulse by pulse, over the pulses that at least half of the ramps reach."""
+    length = max(ramp.size for ramp in ramps)
+    stacked = np.full((len(ramps), length), np.nan)
+    for row, ramp in enumerate(ramps):
+        stacked[row, : ramp.size] = ramp
+    present = np.sum(~np.isnan(stacked), axis=0)
+    keep = present >= max(1, len(ramps) / 2)
+    return np.nanmean(stacked[:, keep], axis=0)
+
+
+def exponential_ramp(params: np.ndarray, length: int) -> np.ndarray:
+    """Evaluate ``start + (end - start) * shape(k / (length - 1), nu)`` at k = 0..length-1."""
+    start, end, nu = params
+    return start + (end - start) * exponential_shape(np.arange(length) / (length - 1), nu)
+
+
+def fit_exponential_ramp(ramp: np.ndarray) -> np.ndarray:
+    """Fit (start, end, nu) to one mean ramp, trying several starting nonlinearities."""
+    width = float(ramp.max() - ramp.min()) or 1.0
+
+    def residual(params):
+        return (exponential_ramp(params, ramp.size) - ramp) / width
+
+    lower = [ramp.min() - width, ramp.min() - width, -NU_BOUND]
+    upper = [ramp.max() + width, ramp.max() + width, NU_BOUND]
+    best = None
+    for nu in (-5.0, -1.0, 0.5, 3.0, 8.0):
+        result = least_squares(residual, [ramp[0], ramp[-1], nu], bounds=(lower, upper))
+        if best is None or result.cost < best.cost:
+            best = result
+    return best.x
+
+
+def _nrmse(model: np.ndarray, measured: np.ndarray, width: float) -> float:
+    return float(np.sqrt(np.mean((model - measured) ** 2)) / width)
+
+
+def _steps_sigma(ramps: list[np.ndarray], cells: list[int]) -> float:
+    """Relative spread of per-pulse steps around the mean step of the same cell, at least 2 ramps."""
+    length = min(ramp.size for ramp in ramps)
+    steps = np.stack([np.diff(ramp[:length]) for ramp in ramps])
+    groups = np.asarray(cells) if len(cells) == len(ramps) else np.zeros(len(ramps), dtype=int)
+    deviations = []
+    for cell in np.unique(groups):
+        own = steps[groups == cell]
+        if own.shape[0] >= 2:
+            deviations.append(own - own.mean(axis=0))
+    if not deviations:
+        deviations = [steps - steps.mean(axis=0)]
+    spread = np.sqrt(np.mean(np.concatenate(deviations) ** 2))
+    return float(spread / max(np.mean(np.abs(steps.mean(axis=0))), 1e-300))
+
+
+def ramp_spread(ramps: list[np.ndarray]) -> float:
+    """Standard deviation across ramps at each pulse, averaged over pulses; 0 for one ramp."""
+    if len(ramps) < 2:
+        return 0.0
+    length = min(ramp.size for ramp in ramps)
+    return float(np.mean(np.std(np.stack([ramp[:length] for ramp in ramps]), axis=0, ddof=1)))
+
+
+@dataclass
+class DeviceFit:
+    """Fitted parameters, descriptors and errors, and the device configuration they define."""
+
+    name: str
+    model: str
+    conductance_min_s: float
+    conductance_max_s: float
+    nonlinearity_up: float
+    nonlinearity_down: float
+    pulses_up: float
+    pulses_down: float
+    nrmse_exponential: dict
+    nrmse_table: dict
+    nrmse: dict
+    asymmetry_measured: float
+    asymmetry_fitted: float
+    #: None where one ramp per direction cannot separate noise from the curve's shape.
+    step_sigma_ctoc: float | None
+    ramp_spread_s: dict
+    levels: int
+    spread_dtod: dict
+    config: DeviceConfig
+    mean_up: np.ndarray = field(repr=False)
+    mean_down: np.ndarray = field(repr=False)
+    fitted_up: np.ndarray = field(repr=False)
+    fitted_down: np.ndarray = field(repr=False)
+
+    def summary(self) -> dict:
+        skip = {"config", "mean_up", "mean_down", "fitted_up", "fitted_down"}
+        return {key: value for key, value in self.__dict__.items() if key not in skip}
+
+
+def _asymmetry(up: np.ndarray, down: np.ndarray, width: float) -> float:
+    middle = min(up.size, down.size) // 2
+    return float((up[middle] - down[middle]) / width)
+
+
+def _dtod_spread(data: PulseTrainData) -> dict:
+    """Fit each cell on its own and return the spread of the parameters across cells."""
+    cells = sorted(set(data.up_cells) & set(data.down_cells))
+    if len(cells) < 3:
+        return {}
+    up_fits, down_fits = [], []
+    for cell in cells:
+        up_fits.append(fit_exponential_ramp(mean_ramp([r for r, c in zip(data.up, data.up_cells) if c == cell])))
+        down_fits.append(fit_exponential_ramp(mean_ramp([r for r, c in zip(data.down, data.down_cells) if c == cell])))
+    up_fits, down_fits = np.array(up_fits), np.array(down_fits)
+    bottoms = np.concatenate([up_fits[:, 0], down_fits[:, 1]])
+    tops = np.concatenate([up_fits[:, 1], down_fits[:, 0]])
+    width = float(np.mean(tops - bottoms))
+    return {
+        "cells": len(cells),
+        "conductance_min_sigma_dtod": float(np.std(bottoms) / width),
+        "conductance_max_sigma_dtod": float(np.std(tops) / width),
+        "nonlinearity_sigma_dtod": float(np.mean([np.std(up_fits[:, 2]), np.std(down_fits[:, 2])])),
+    }
+
+
+def fit_device(data: PulseTrainData, *, model: str = "auto", max_nrmse: float = 0.03, name: str | None = None) -> DeviceFit:
+    """Fit ``data`` and build the device configuration of the chosen model.
+
+    Raises:
+        ConfigError: ``model`` is unknown.
+        DataError: the ramps are too short or the measured range is empty.
+    """
+    if model not in MODELS:
+        raise ConfigError(f"model {model!r} is invalid: use one of {', '.join(MODELS)}")
+    up, down = mean_ramp(data.up), mean_ramp(data.down)
+    if up.size < 3 or down.size < 3:
+        raise DataError(f"{data.name}: ramps need at least 3 values (the start and 2 pulses), got {up.size} up and {down.size} down")
+    low, high = min(up.min(), down.min()), max(up.max(), down.max())
+    if not high > low:
+        raise DataError(f"{data.name}: every value is {low:g}, so there is no conductance range to fit")
+    width = high - low
+
+    up_params, down_params = fit_exponential_ramp(up), fit_exponential_ramp(down)
+    fitted_up, fitted_down = exponential_ramp(up_params, up.size), exponential_ramp(down_params, down.size)
+    table_up = isotonic_regression(up, increasing=True).x
+    table_down = isotonic_regression(down, increasing=False).x
+    nrmse_exponential = {"up": _nrmse(fitted_up, up, width), "down": _nrmse(fitted_down, down, width)}
+    nrmse_table = {"up": _nrmse(table_up, up, width), "down": _nrmse(table_down, down, width)}
+    chosen = model if model != "auto" else ("exponential" if max(nrmse_exponential.values()) <= max_nrmse else "table")
+    model_up, model_down = (fitted_up, fitted_down) if chosen == "exponential" else (table_up, table_down)
+
+    g_min = float(min(up_params[0], up_params[1], down_params[0], down_params[1]))
+    g_max = float(max(up_params[0], up_params[1], down_params[0], down_params[1]))
+    measurable = len(data.up) >= 2 and len(data.down) >= 2
+    ctoc = None
+    if measurable:
+        ctoc = float(min(0.95, np.mean([_steps_sigma(data.up, data.up_cells), _steps_sigma(data.down, data.down_cells)])))
+    spreads = {"up": ramp_spread(data.up), "down": ramp_spread(data.down)}
+    residual = np.sqrt(np.mean(np.concatenate([model_up - up, model_down - down]) ** 2))
+    level_sigma = max(np.mean(list(spreads.values())), residual, 1e-12 * width)
+    levels = int(min(1 + np.floor(width / (2 * level_sigma)), max(up.size, down.size)))
+    dtod = _dtod_spread(data)
+
+    variation = VariationConfig(
+        step_sigma_ctoc=ctoc if ctoc is not None else VariationConfig.step_sigma_ctoc,
+        step_sigma_dtod=0.0,
+        conductance_min_sigma_dtod=dtod.get("conductance_min_sigma_dtod", 0.0),
+        conductance_max_sigma_dtod=dtod.get("conductance_max_sigma_dtod", 0.0),
+        nonlinearity_sigma_dtod=dtod.get("nonlinearity_sigma_dtod", 0.0) if chosen == "exponential" else 0.0,
+        initial_spread_rel=0.0,
+    )
+    if chosen == "exponential":
+        if g_min < 0:
+            raise DataError(f"{data.name}: the fitted range starts at {g_min:g}, below 0; the values are not conductances in "
+                            "siemens, so map them onto a conductance window first (cim-run fit --map-to-s MIN MAX)")
+        response = ResponseConfig(
+            kind="exponential", conductance_min_s=g_min, conductance_max_s=g_max,
+            nonlinearity_up=float(up_params[2]), nonlinearity_down=float(down_params[2]),
+            pulses_up=float(up.size - 1), pulses_down=float(down.size - 1),
+            up_span_s=(float(up_params[0]), float(up_params[1])), down_span_s=(float(down_params[0]), float(down_params[1])),
+        )
+    else:
+        if low < 0:
+            raise DataError(f"{data.name}: the measured range starts at {low:g}, below 0; the values are not conductances in "
+                            "siemens, so map them onto a conductance window first (cim-run fit --map-to-s MIN MAX)")
+        response = ResponseConfig(
+            kind="table", conductance_min_s=float(low), conductance_max_s=float(high),
+            potentiation_s=tuple(map(float, table_up)), depression_s=tuple(map(float, table_down)),
+        )
+    config = DeviceConfig(name=name or data.name, response=response, variation=variation)
+    return DeviceFit(
+        name=config.name, model=chosen, conductance_min_s=g_min, conductance_max_s=g_max,
+        nonlinearity_up=float(up_params[2]), nonlinearity_down=float(down_params[2]),
+        pulses_up=float(up.size - 1), pulses_down=float(down.size - 1),
+        nrmse_exponential=nrmse_exponential, nrmse_table=nrmse_table,
+        nrmse=nrmse_exponential if chosen == "exponential" else nrmse_table,
+        asymmetry_measured=_asymmetry(up, down, width), asymmetry_fitted=_asymmetry(model_up, model_down, width),
+        step_sigma_ctoc=ctoc, ramp_spread_s=spreads, levels=levels, spread_dtod=dtod, config=config,
+        mean_up=up, mean_down=down, fitted_up=model_up, fitted_down=model_down,
+    )
