@@ -31,6 +31,12 @@ class CellPopulation:
         self.range_max_s = self._spread(response.conductance_max_s, variation.conductance_max_sigma_dtod * width)
         if np.any(np.asarray(self.range_max_s) <= np.asarray(self.range_min_s)):
             self.range_max_s = np.maximum(self.range_max_s, np.asarray(self.range_min_s) + 1e-3 * width)
+        self.direction = None
+        if variation.range_sigma_ctoc > 0:
+            # Each reversal redraws the range around the cell's own range, so keep that as the base.
+            self._base_range_s = (np.broadcast_to(self.range_min_s, (count,)).copy(), np.broadcast_to(self.range_max_s, (count,)).copy())
+            self.range_min_s, self.range_max_s = self._base_range_s[0].copy(), self._base_range_s[1].copy()
+            self.direction = np.zeros(count, dtype=np.int8)
 
         nu_sigma = variation.nonlinearity_sigma_dtod if response.kind == "exponential" else 0.0
         self.curve = response.build(
@@ -138,6 +144,8 @@ class CellPopulation:
         if variation.step_sigma_ctoc > 0:
             pulses *= np.maximum(1.0 + variation.step_sigma_ctoc * self._rng.standard_normal(pulses.shape), 0.0)
 
+        if self.direction is not None:
+            self._redraw_range_at_reversal(index, np.where(up, 1, -1).astype(np.int8))
         x = self._normalize(self.conductance_s[index], index)
         moved = np.empty_like(x)
         moved[up] = self._move(self.curve.up, x[up], pulses[up], index, up)
@@ -151,6 +159,19 @@ class CellPopulation:
             self._wear(index, np.where(up, 1, -1).astype(np.int8))
         if self.stuck is not None:
             self._pin_stuck(index[self.stuck[index] != NOT_STUCK])
+
+    def _redraw_range_at_reversal(self, index: np.ndarray, direction: np.ndarray) -> None:
+        """Redraw the range end that a cell now moves toward, where its pulse direction changed."""
+        changed = self.direction[index] != direction
+        self.direction[index] = direction
+        sigma = self.config.variation.range_sigma_ctoc * self.config.response.window_s
+        margin = 1e-3 * self.config.response.window_s
+        rising = index[changed & (direction == 1)]
+        falling = index[changed & (direction == -1)]
+        top = self._base_range_s[1][rising] + sigma * self._rng.standard_normal(rising.size)
+        self.range_max_s[rising] = np.maximum(top, self.range_min_s[rising] + margin)
+        bottom = self._base_range_s[0][falling] + sigma * self._rng.standard_normal(falling.size)
+        self.range_min_s[falling] = np.minimum(bottom, self.range_max_s[falling] - margin)
 
     def _move(self, step, x, pulses, index, selected):
         if self._per_cell_nu:

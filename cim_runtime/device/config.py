@@ -152,6 +152,8 @@ class VariationConfig:
     nonlinearity_sigma_dtod: float = 0.0
     #: Relative sigma of the step of each pulse (cycle-to-cycle).
     step_sigma_ctoc: float = 0.05
+    #: Sigma of the range end a cell moves toward, redrawn at every reversal of direction, relative to the range width.
+    range_sigma_ctoc: float = 0.0
     #: Sigma of a conductance jump added by each pulse, relative to the range width.
     write_noise_sigma_rel: float = 0.0
     #: Relative sigma of each read.
@@ -177,7 +179,7 @@ class VariationConfig:
         for item in fields(self):
             value = getattr(self, item.name)
             _require(not math.isnan(value) and value >= 0, f"{item.name}={value} is invalid: must be at least 0")
-        for name in ("step_sigma_ctoc", "read_sigma_rel", "write_noise_sigma_rel", "initial_spread_rel"):
+        for name in ("step_sigma_ctoc", "read_sigma_rel", "write_noise_sigma_rel", "initial_spread_rel", "range_sigma_ctoc"):
             _require(getattr(self, name) < 1, f"{name}={getattr(self, name)} is invalid: must be below 1")
         _require(self.stuck_min_fraction + self.stuck_max_fraction <= 1,
                  f"stuck_min_fraction + stuck_max_fraction = {self.stuck_min_fraction + self.stuck_max_fraction} exceeds 1")

@@ -12,9 +12,11 @@ Descriptors besides the model parameters:
 
 * asymmetric nonlinearity (ANL): ``(G_up(n/2) - G_down(n/2)) / W`` at mid-train, 0 for a linear
   symmetric device;
-* cycle-to-cycle step sigma: spread of the per-pulse conductance steps around the mean step of the
-  same cell, relative to the mean step (read noise of the measurement is included); it needs at least
-  two ramps per direction, and the device file keeps the default where it cannot be measured;
+* cycle-to-cycle step sigma and read noise, separated by the covariance of neighbouring steps (see
+  :func:`step_noise`); they need at least two ramps per direction, and the device file keeps the
+  defaults where they cannot be measured;
+* cycle-to-cycle range spread: the spread of ramp start points within a cell, less read noise, relative
+  to the range; the simulator redraws each cell's range ends with it at every reversal;
 * ramp-to-ramp spread: the standard deviation across ramps at each pulse, averaged over pulses;
 * distinguishable levels: ``1 + floor(W / (2 * spread))``, capped at the pulses of the longer train;
 * device-to-device spread of the range, nonlinearity and step, where the file names several cells.
@@ -77,8 +79,17 @@ def _nrmse(model: np.ndarray, measured: np.ndarray, width: float) -> float:
     return float(np.sqrt(np.mean((model - measured) ** 2)) / width)
 
 
-def _steps_sigma(ramps: list[np.ndarray], cells: list[int]) -> float:
-    """Relative spread of per-pulse steps around the mean step of the same cell, at least 2 ramps."""
+def step_noise(ramps: list[np.ndarray], cells: list[int]) -> tuple[float, float]:
+    """Separate cycle-to-cycle step noise from read noise in ramps of the same cells (at least 2 ramps).
+
+    Each step is the difference of two reads, so read noise adds ``2 sigma_read**2`` to the variance of
+    a step and ``-sigma_read**2`` to the covariance of neighbouring steps, while independent step noise
+    adds only to the variance. The deviations are taken from each cell's own mean step, so spread
+    between cells does not count.
+
+    Returns:
+        ``(step_sigma_rel, read_sigma_s)``: step noise relative to the mean step, and read noise in siemens.
+    """
     length = min(ramp.size for ramp in ramps)
     steps = np.stack([np.diff(ramp[:length]) for ramp in ramps])
     groups = np.asarray(cells) if len(cells) == len(ramps) else np.zeros(len(ramps), dtype=int)
@@ -86,11 +97,32 @@ def _steps_sigma(ramps: list[np.ndarray], cells: list[int]) -> float:
     for cell in np.unique(groups):
         own = steps[groups == cell]
         if own.shape[0] >= 2:
-            deviations.append(own - own.mean(axis=0))
+            # Removing the cell's own mean shrinks the variance by (n - 1) / n; undo that.
+            deviations.append((own - own.mean(axis=0)) * np.sqrt(own.shape[0] / (own.shape[0] - 1)))
     if not deviations:
-        deviations = [steps - steps.mean(axis=0)]
-    spread = np.sqrt(np.mean(np.concatenate(deviations) ** 2))
-    return float(spread / max(np.mean(np.abs(steps.mean(axis=0))), 1e-300))
+        deviations = [(steps - steps.mean(axis=0)) * np.sqrt(len(ramps) / (len(ramps) - 1))]
+    deviation = np.concatenate(deviations)
+    variance = float(np.mean(deviation**2))
+    neighbour_covariance = float(np.mean(deviation[:, :-1] * deviation[:, 1:])) if deviation.shape[1] > 1 else 0.0
+    read_variance = max(-neighbour_covariance, 0.0)
+    step_variance = max(variance - 2.0 * read_variance, 0.0)
+    mean_step_rms = float(np.sqrt(np.mean(steps.mean(axis=0) ** 2)))
+    return float(np.sqrt(step_variance) / max(mean_step_rms, 1e-300)), float(np.sqrt(read_variance))
+
+
+def start_spread(ramps: list[np.ndarray], cells: list[int], read_sigma_s: float) -> float:
+    """Standard deviation of ramp start points within each cell, less the read noise, in siemens."""
+    starts = np.array([ramp[0] for ramp in ramps])
+    groups = np.asarray(cells) if len(cells) == len(ramps) else np.zeros(len(ramps), dtype=int)
+    deviations = []
+    for cell in np.unique(groups):
+        own = starts[groups == cell]
+        if own.size >= 2:
+            deviations.append((own - own.mean()) * np.sqrt(own.size / (own.size - 1)))
+    if not deviations:
+        return 0.0
+    variance = float(np.mean(np.concatenate(deviations) ** 2)) - read_sigma_s**2
+    return float(np.sqrt(max(variance, 0.0)))
 
 
 def ramp_spread(ramps: list[np.ndarray]) -> float:
@@ -120,6 +152,10 @@ class DeviceFit:
     asymmetry_fitted: float
     #: None where one ramp per direction cannot separate noise from the curve's shape.
     step_sigma_ctoc: float | None
+    #: Read noise relative to the mean conductance; None where it cannot be measured.
+    read_sigma_rel: float | None
+    #: Spread of ramp start points within a cell, relative to the range; None where it cannot be measured.
+    range_sigma_ctoc: float | None
     ramp_spread_s: dict
     levels: int
     spread_dtod: dict
@@ -189,9 +225,14 @@ def fit_device(data: PulseTrainData, *, model: str = "auto", max_nrmse: float = 
     g_min = float(min(up_params[0], up_params[1], down_params[0], down_params[1]))
     g_max = float(max(up_params[0], up_params[1], down_params[0], down_params[1]))
     measurable = len(data.up) >= 2 and len(data.down) >= 2
-    ctoc = None
+    ctoc = read_sigma_rel = range_ctoc = None
     if measurable:
-        ctoc = float(min(0.95, np.mean([_steps_sigma(data.up, data.up_cells), _steps_sigma(data.down, data.down_cells)])))
+        (up_step, up_read), (down_step, down_read) = step_noise(data.up, data.up_cells), step_noise(data.down, data.down_cells)
+        ctoc = float(min(0.95, (up_step + down_step) / 2))
+        read_sigma_s = (up_read + down_read) / 2
+        read_sigma_rel = float(min(0.95, read_sigma_s / np.mean(np.concatenate([up, down]))))
+        starts = (start_spread(data.up, data.up_cells, read_sigma_s) + start_spread(data.down, data.down_cells, read_sigma_s)) / 2
+        range_ctoc = float(min(0.95, starts / width))
     spreads = {"up": ramp_spread(data.up), "down": ramp_spread(data.down)}
     residual = np.sqrt(np.mean(np.concatenate([model_up - up, model_down - down]) ** 2))
     level_sigma = max(np.mean(list(spreads.values())), residual, 1e-12 * width)
@@ -200,6 +241,8 @@ def fit_device(data: PulseTrainData, *, model: str = "auto", max_nrmse: float = 
 
     variation = VariationConfig(
         step_sigma_ctoc=ctoc if ctoc is not None else VariationConfig.step_sigma_ctoc,
+        read_sigma_rel=read_sigma_rel if read_sigma_rel is not None else VariationConfig.read_sigma_rel,
+        range_sigma_ctoc=range_ctoc or 0.0,
         step_sigma_dtod=0.0,
         conductance_min_sigma_dtod=dtod.get("conductance_min_sigma_dtod", 0.0),
         conductance_max_sigma_dtod=dtod.get("conductance_max_sigma_dtod", 0.0),
@@ -232,6 +275,6 @@ def fit_device(data: PulseTrainData, *, model: str = "auto", max_nrmse: float = 
         nrmse_exponential=nrmse_exponential, nrmse_table=nrmse_table,
         nrmse=nrmse_exponential if chosen == "exponential" else nrmse_table,
         asymmetry_measured=_asymmetry(up, down, width), asymmetry_fitted=_asymmetry(model_up, model_down, width),
-        step_sigma_ctoc=ctoc, ramp_spread_s=spreads, levels=levels, spread_dtod=dtod, config=config,
+        step_sigma_ctoc=ctoc, read_sigma_rel=read_sigma_rel, range_sigma_ctoc=range_ctoc, ramp_spread_s=spreads, levels=levels, spread_dtod=dtod, config=config,
         mean_up=up, mean_down=down, fitted_up=model_up, fitted_down=model_down,
     )
