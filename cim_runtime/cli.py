@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from pathlib import Path
 from urllib.parse import urlencode
@@ -13,7 +14,7 @@ from cim_runtime.driver import DEFAULT_BACKEND_URL, open_driver, split_backend_u
 from cim_runtime.errors import CimError, ConfigError
 from cim_runtime.pipeline import InferenceRequest, run_inference
 from cim_runtime.programming import WriteVerifyConfig
-from cim_runtime.report import plot_programming, write_json
+from cim_runtime.report import check_output_folder, plot_programming, write_json
 from cim_runtime.zoo import DEFAULT_MODEL_DIR, DEFAULT_SAMPLE_DIR
 
 logger = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ def print_summary(summary: dict) -> None:
         ("mapped", f"{mapping['layers']} layers, {mapping['weights']:,} weights -> {mapping['cells']:,} cells in "
                    f"{mapping['tiles']:,} tiles of up to {mapping['tile_rows']}x{mapping['tile_cols']} on {mapping['arrays']} arrays"),
         ("programmed", f"{programming['pulses_per_cell_mean']:.2f} pulses per cell (p99 {programming['pulses_per_cell_p99']:.0f}), "
-                       f"{100 * programming['fraction_in_tolerance']:.3f} % in tolerance of ±{programming['tolerance_s'] * 1e6:.1f} µS, "
+                       f"{math.floor(1e5 * programming['fraction_in_tolerance']) / 1e3:.3f} % in tolerance of ±{programming['tolerance_s'] * 1e6:.1f} µS, "
                        f"{programming['failed_cells']:,} failed"),
         ("weights", f"relative error of programmed weights {summary['weight_relative_error']:.4f}"),
         ("accuracy", f"digital {100 * summary['digital_accuracy']:.2f} %, programmed {100 * summary['programmed_accuracy']:.2f} % "
@@ -66,8 +67,16 @@ def print_summary(summary: dict) -> None:
         print(f"{label:<11} {text}")
 
 
+OUTPUT_FILES = ("summary.json", "conductance.png")
+
+
 def command_infer(args: argparse.Namespace) -> int:
     url = backend_url(args.backend, args.device_profile, args.seed)
+    if not 0 < args.tolerance < 0.5:
+        raise ConfigError(f"--tolerance {args.tolerance} is invalid: must be above 0 and below 0.5 (a fraction of the conductance window)")
+    if str(args.output) == "":
+        raise ConfigError("--output is empty; pass a folder name")
+    check_output_folder(args.output, OUTPUT_FILES)
     request = InferenceRequest(
         model_dir=args.model, data_root=args.data_root, tile=args.tile, split=args.split,
         batch_size=args.batch_size, write_verify=WriteVerifyConfig(tolerance_rel=args.tolerance), progress=not args.no_progress,
@@ -75,10 +84,14 @@ def command_infer(args: argparse.Namespace) -> int:
     with open_driver(url) as driver:
         outcome = run_inference(driver, request)
     print_summary(outcome.summary)
-    if args.output is not None:
-        write_json(args.output / "summary.json", outcome.summary)
-        plot_programming(args.output / "conductance.png", outcome.programming)
-        print(f"{'results':<11} {args.output / 'summary.json'}, {args.output / 'conductance.png'}")
+    failed = outcome.summary["programming"]["failed_cells"]
+    if failed:
+        print(f"cim-run: warning: {failed:,} cells ended outside their tolerance band; widen --tolerance "
+              "or check the device profile", file=sys.stderr)
+    # The plot goes first: if it cannot be written, no summary claims a complete run.
+    plot_programming(args.output / "conductance.png", outcome.programming)
+    write_json(args.output / "summary.json", outcome.summary)
+    print(f"{'results':<11} {args.output / 'summary.json'}, {args.output / 'conductance.png'}")
     return 0
 
 
@@ -104,8 +117,27 @@ def add_backend_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, help="simulator seed (default 0)")
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one ``cim-run: error:`` line with exit status 2."""
+
+    def error(self, message: str):
+        print(f"cim-run: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(EXIT_BAD_INPUT)
+
+
+def positive_int(text: str) -> int:
+    """Parse a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is invalid: must be at least 1")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cim-run", description="Run neural networks on memristor crossbar arrays.")
+    parser = OneLineErrorParser(prog="cim-run", description="Run neural networks on memristor crossbar arrays.")
     parser.add_argument("--version", action="version", version=f"cim-run {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what the library does to standard error")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -121,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--tile", type=parse_tile, metavar="ROWSxCOLS", help="largest tile in physical cells (default: the whole array)")
     infer.add_argument("--tolerance", type=float, default=WriteVerifyConfig.tolerance_rel,
                        help="write-verify band half-width as a fraction of the conductance window (default %(default)s)")
-    infer.add_argument("--batch-size", type=int, default=64, help="images per batch (default %(default)s)")
+    infer.add_argument("--batch-size", type=positive_int, default=64, help="images per batch (default %(default)s)")
     infer.add_argument("--output", type=Path, default=Path("cim-run-output"),
                        help="folder for summary.json and conductance.png (default %(default)s)")
     infer.add_argument("--no-progress", action="store_true", help="hide progress bars")

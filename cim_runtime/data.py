@@ -12,6 +12,9 @@ from pathlib import Path
 import torch
 import torchvision
 from PIL import Image, UnidentifiedImageError
+
+#: Errors Pillow raises on unreadable or hostile files; DecompressionBombError is not an OSError.
+IMAGE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
 from torchvision import transforms
 
 from cim_runtime.errors import DataError
@@ -39,7 +42,7 @@ def load_rgb_image(path: str) -> Image.Image:
     try:
         with Image.open(path) as image:
             return image.convert("RGB")
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
+    except IMAGE_ERRORS as exc:
         raise DataError(f"cannot read image {path}: {exc}; remove or replace the file") from exc
 
 
@@ -68,8 +71,8 @@ def open_image_folder(root: Path, recipe: Recipe) -> torchvision.datasets.ImageF
         dataset = torchvision.datasets.ImageFolder(
             str(root), transform=eval_transform(recipe), loader=load_rgb_image, allow_empty=False
         )
-    except (FileNotFoundError, OSError) as exc:
-        raise DataError(f"no images found under {root}: {exc}; expected <root>/<class>/<image>.jpg") from exc
+    except (FileNotFoundError, OSError):
+        raise DataError(f"no images found under {root}: expected class folders with images, <root>/<class>/<image>.jpg") from None
 
     index = _model_index_for_folder(recipe)
     unknown = [name for name in dataset.classes if name not in index]
@@ -77,7 +80,8 @@ def open_image_folder(root: Path, recipe: Recipe) -> torchvision.datasets.ImageF
         shown = ", ".join(repr(name) for name in unknown[:5])
         raise DataError(
             f"{len(unknown)} class folder(s) under {root} are not classes of model {recipe.name!r}: {shown}; "
-            f"the model knows folders {recipe.classes[0].folder!r}..{recipe.classes[-1].folder!r}"
+            f"name class folders as the model's folders ({recipe.classes[0].folder!r}..{recipe.classes[-1].folder!r}) "
+            f"or by class name (such as {recipe.classes[0].name!r})"
         )
     remap = [index[name] for name in dataset.classes]
     dataset.target_transform = remap.__getitem__
@@ -118,10 +122,18 @@ def open_dataset(root: Path, recipe: Recipe, split: str = "test") -> torch.utils
         split: Flowers102 split (``train``, ``val`` or ``test``); ignored for ImageFolder trees.
     """
     root = Path(root)
+    if root.is_file():
+        raise DataError(f"--data-root {root} is a file; pass the folder that contains the class folders")
     if not root.is_dir():
         raise DataError(f"data folder not found: {root}; pass --data-root with an existing folder")
     if is_flowers102_root(root):
         return open_flowers102(root, recipe, split)
+    if root.name == "flowers-102" and is_flowers102_root(root.parent):
+        raise DataError(f"--data-root {root} is the flowers-102 folder itself; pass the folder above it, {root.parent}")
+    base = root if root.name == "flowers-102" else root / "flowers-102"
+    if base.is_dir():
+        missing = [name for name in ("jpg", "imagelabels.mat", "setid.mat") if not (base / name).exists()]
+        raise DataError(f"{base} is an incomplete Flowers102 layout: {', '.join(missing)} missing")
     return open_image_folder(root, recipe)
 
 
@@ -142,5 +154,5 @@ def check_images_readable(dataset: torch.utils.data.Dataset) -> None:
         try:
             with Image.open(path) as image:
                 image.verify()
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
+        except IMAGE_ERRORS as exc:
             raise DataError(f"cannot read image {path}: {exc}; remove or replace the file") from exc

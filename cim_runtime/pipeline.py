@@ -11,7 +11,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from cim_runtime.data import check_images_readable, open_dataset
+from cim_runtime import __version__
+from cim_runtime.data import check_images_readable, is_flowers102_root, open_dataset
 from cim_runtime.driver import ArrayDriver
 from cim_runtime.errors import ConfigError, DataError
 from cim_runtime.inference import programmed_network
@@ -36,6 +37,10 @@ class InferenceRequest:
     write_verify: WriteVerifyConfig = field(default_factory=WriteVerifyConfig)
     progress: bool = True
 
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size {self.batch_size} is invalid: must be at least 1")
+
 
 @dataclass
 class InferenceOutcome:
@@ -48,6 +53,9 @@ class InferenceOutcome:
 def map_for_driver(network: torch.nn.Module, driver: ArrayDriver, tile: tuple[int, int] | None) -> MappedNetwork:
     """Map ``network`` into the driver's conductance window and check that its arrays suffice."""
     info = driver.info()
+    if tile is None and info.cols % 2:
+        raise ConfigError(f"the backend's arrays have {info.cols} columns, an odd number; pass --tile with an even column count, "
+                          f"such as {info.rows}x{info.cols - 1}")
     tile_rows, tile_cols = tile if tile is not None else (info.rows, info.cols)
     window = ConductanceWindow(info.conductance_min_s, info.conductance_max_s)
     mapped = map_network(network, window, tile_rows=tile_rows, tile_cols=tile_cols, array_rows=info.rows, array_cols=info.cols)
@@ -119,8 +127,12 @@ def run_inference(driver: ArrayDriver, request: InferenceRequest) -> InferenceOu
     info = driver.info()
     plan = mapped.plan
     summary = {
-        "model": {"name": recipe.name, "builder": recipe.builder, "input_size_px": recipe.input_size_px, "classes": len(recipe.classes)},
-        "data_root": str(request.data_root),
+        "cim_runtime_version": __version__,
+        "model": {"name": recipe.name, "path": str(Path(request.model_dir).resolve()), "builder": recipe.builder,
+                  "input_size_px": recipe.input_size_px, "classes": len(recipe.classes)},
+        "data_root": str(Path(request.data_root).resolve()),
+        "split": request.split if is_flowers102_root(Path(request.data_root)) else None,
+        "batch_size": request.batch_size,
         "backend": info.identity,
         "conductance_window_s": [info.conductance_min_s, info.conductance_max_s],
         "mapping": {

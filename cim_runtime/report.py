@@ -9,10 +9,18 @@ from pathlib import Path
 
 import numpy as np
 
+from cim_runtime.errors import ConfigError
 from cim_runtime.programming import WriteVerifyResult
 
 #: Cells drawn into the scatter plot; more only slows the plot down.
 SCATTER_POINTS = 20_000
+
+
+def _default_file_mode() -> int:
+    """Return the mode a newly created file gets under the process umask (mkstemp uses 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -22,10 +30,27 @@ def _atomic_write(path: Path, write) -> None:
     os.close(handle)
     try:
         write(temporary)
+        os.chmod(temporary, _default_file_mode())
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def check_output_folder(folder: Path, names: tuple[str, ...]) -> None:
+    """Raise :class:`ConfigError` before any work if results cannot be written to ``folder``."""
+    if str(folder) in ("", "."):
+        return
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"--output {folder} is a file; pass a folder (it is created if missing)")
+    for parent in folder.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"--output {folder} is inside {parent}, which is a file")
+            break
+    for name in names:
+        if (folder / name).is_dir():
+            raise ConfigError(f"{folder / name} is a folder, so the result file cannot be written there; remove it or pick another --output")
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -62,7 +87,7 @@ def plot_programming(path: Path, result: WriteVerifyResult, seed: int = 0) -> No
     histogram.axvline(-tolerance_us, color="tab:green")
     histogram.axvline(tolerance_us, color="tab:green")
     histogram.set_xlabel("programming error (µS)")
-    histogram.set_ylabel("cells")
+    histogram.set_ylabel("cells (log scale)")
     histogram.set_yscale("log")
     histogram.set_title(f"mean {result.pulses.mean():.1f} pulses per cell, p99 {np.percentile(result.pulses, 99):.0f}")
     figure.tight_layout()

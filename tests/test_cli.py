@@ -118,3 +118,76 @@ def test_weights_of_another_network(tmp_path):
     torch.save({"fc.weight": torch.zeros(3, 3)}, model / "weights.pt")
     result = cim_run("infer", "--model", str(model), "--data-root", str(sample_with_one_class(tmp_path)), "--no-progress")
     assert_one_line_error(result, "do not fit recipe")
+
+
+def test_usage_errors_are_one_line():
+    for arguments in (["infer", "--tile", "abc"], ["infer", "--batch-size", "0"], ["infer", "--seed", "1.5"]):
+        result = cim_run(*arguments)
+        assert_one_line_error(result, "--help")
+
+
+@pytest.mark.parametrize(
+    ("arguments", "fragment"),
+    [
+        (["--seed", "-1"], "seed=-1"),
+        (["--tolerance", "0.7"], "--tolerance 0.7"),
+        (["--backend", "sim://localhost/?arrays=2"], "takes options only"),
+        (["--backend", "sim://?cols=255"], "odd number"),
+    ],
+)
+def test_impossible_settings(tmp_path, arguments, fragment):
+    result = cim_run("infer", *arguments, "--data-root", str(sample_with_one_class(tmp_path)), "--no-progress")
+    assert_one_line_error(result, fragment)
+
+
+def test_output_that_is_a_file(tmp_path):
+    (tmp_path / "taken").write_text("keep me")
+    result = cim_run("infer", "--output", str(tmp_path / "taken"), "--no-progress")
+    assert_one_line_error(result, "is a file")
+    assert (tmp_path / "taken").read_text() == "keep me"
+
+
+def test_output_file_blocked_by_folder_writes_nothing(tmp_path):
+    (tmp_path / "out" / "conductance.png").mkdir(parents=True)
+    result = cim_run("infer", "--output", str(tmp_path / "out"), "--data-root", str(sample_with_one_class(tmp_path)), "--no-progress")
+    assert_one_line_error(result, "is a folder")
+    assert not (tmp_path / "out" / "summary.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "fragment"),
+    [("input_size_px", 0, "input_size_px=0"), ("input_size_px", "abc", "input_size_px='abc'"),
+     ("normalize_std", [0, 0, 0], "normalize_std"), ("normalize_mean", [0.5], "three numbers")],
+)
+def test_invalid_recipe_field(tmp_path, field, value, fragment):
+    model = tmp_path / "model"
+    shutil.copytree(DEFAULT_MODEL_DIR, model)
+    recipe = json.loads((model / "recipe.json").read_text())
+    recipe[field] = value
+    (model / "recipe.json").write_text(json.dumps(recipe))
+    result = cim_run("infer", "--model", str(model), "--data-root", str(sample_with_one_class(tmp_path)), "--no-progress")
+    assert_one_line_error(result, fragment)
+
+
+def test_recipe_that_is_not_an_object(tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(DEFAULT_MODEL_DIR, model)
+    (model / "recipe.json").write_text("[1, 2]")
+    result = cim_run("infer", "--model", str(model), "--no-progress")
+    assert_one_line_error(result, "expected a JSON object")
+
+
+def test_decompression_bomb_is_rejected(tmp_path):
+    from PIL import Image
+
+    data = sample_with_one_class(tmp_path)
+    Image.new("1", (15000, 15000)).save(data / "1" / "huge.png")
+    (data / "1" / "huge.png").rename(data / "1" / "huge.jpg")
+    result = cim_run("infer", "--data-root", str(data), "--no-progress")
+    assert_one_line_error(result, "huge.jpg")
+
+
+def test_data_root_that_is_a_file(tmp_path):
+    (tmp_path / "photo.jpg").write_bytes(b"x")
+    result = cim_run("infer", "--data-root", str(tmp_path / "photo.jpg"), "--no-progress")
+    assert_one_line_error(result, "is a file")

@@ -27,7 +27,11 @@ CAPABILITIES = ("batched_pulse", "analog_mvm", "onboard_program")
 
 @dataclass(frozen=True)
 class ArrayInfo:
-    """Geometry and limits of a crossbar system."""
+    """Geometry and limits of a crossbar system.
+
+    The conductance window is the range that write-verify targets may use: every cell can reach it
+    from both directions. Saturating pulses can leave a cell slightly outside it.
+    """
 
     #: Rows per array (inputs, driven by read voltages).
     rows: int
@@ -138,14 +142,23 @@ class ArrayDriver(abc.ABC):
 
         Returns:
             ``(cols,)`` or ``(batch, cols)`` column currents in amperes.
+
+        Note:
+            Compliance limits the source during pulses; the measurable range of column currents is not
+            modelled yet, so large currents come back unclipped.
         """
+        if self._closed:
+            raise ConfigError(f"{type(self).__name__} is closed; open a new driver")
         info = self.info()
         voltages = np.asarray(voltages_v, dtype=np.float64)
         if voltages.shape[-1:] != (info.rows,) or voltages.ndim > 2:
             raise ConfigError(f"voltages_v must have shape ({info.rows},) or (batch, {info.rows}), got {voltages.shape}")
         self._check_range("read voltage", voltages, -info.read_voltage_max_v, info.read_voltage_max_v)
-        self._check_array_index(np.asarray(array))
-        return self._mvm(int(array), voltages)
+        index = _as_index(array, "array")
+        if index.ndim:
+            raise ConfigError(f"array must be one index for mvm, got shape {index.shape}")
+        self._check_array_index(index)
+        return self._mvm(int(index), voltages)
 
     def wait_s(self, duration_s: float) -> None:
         """Let ``duration_s`` seconds pass (retention measurements); hardware backends sleep."""

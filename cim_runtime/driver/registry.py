@@ -43,6 +43,8 @@ def split_backend_url(url: str) -> tuple[str, dict[str, str]]:
     parts = urlsplit(url)
     if not parts.scheme:
         raise ConfigError(f"backend URL {url!r} has no scheme: use e.g. {DEFAULT_BACKEND_URL!r}")
+    if parts.scheme == "sim" and (parts.netloc or parts.path not in ("", "/") or parts.fragment):
+        raise ConfigError(f"backend URL {url!r} is invalid: sim:// takes options only, as in 'sim://?profile=C4D1&seed=0'")
     pairs = parse_qsl(parts.query, keep_blank_values=True)
     options = dict(pairs)
     if len(options) != len(pairs):

@@ -52,6 +52,8 @@ class SimulatorDriver(ArrayDriver):
         for name, value, high in (("rows", rows, MAX_SIDE), ("cols", cols, MAX_SIDE), ("arrays", arrays, MAX_ARRAYS)):
             if not 1 <= value <= high:
                 raise ConfigError(f"{name}={value} is invalid: must be between 1 and {high} inclusive (sim://)")
+        if not 0 <= seed < 2**63:
+            raise ConfigError(f"seed={seed} is invalid: must be a whole number from 0 to 2**63 - 1")
         self.profile = make_profile(profile) if isinstance(profile, str) else profile
         self._shape = (arrays, rows, cols)
         self.cells = CellPopulation(self.profile, arrays * rows * cols, np.random.default_rng(seed))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ DEFAULT_MODEL_DIR = Path(str(resources.files("cim_runtime_models") / "flowers102
 DEFAULT_SAMPLE_DIR = Path(str(resources.files("cim_runtime_models") / "flowers102_sample"))
 
 RECIPE_FILE = "recipe.json"
+OPTIONAL_FIELDS = ("weights_file", "training", "digital_accuracy")
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,29 @@ class Recipe:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
+
+    def validate(self, source: str) -> None:
+        """Raise :class:`DataError` naming the first field that cannot work."""
+        def fail(message: str) -> None:
+            raise DataError(f"model recipe {source} is invalid: {message}")
+
+        for name in ("input_size_px", "resize_px"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or not 8 <= value <= 4096:
+                fail(f"{name}={value!r} must be a whole number of pixels between 8 and 4096")
+        if self.resize_px < self.input_size_px:
+            fail(f"resize_px={self.resize_px} must be at least input_size_px={self.input_size_px}")
+        for name in ("normalize_mean", "normalize_std"):
+            values = getattr(self, name)
+            if not isinstance(values, list) or len(values) != 3 or not all(isinstance(v, (int, float)) for v in values):
+                fail(f"{name}={values!r} must be three numbers, one per RGB channel")
+        if not all(v > 0 for v in self.normalize_std):
+            fail(f"normalize_std={self.normalize_std} must be above 0")
+        if not isinstance(self.builder_kwargs, dict):
+            fail(f"builder_kwargs must be a JSON object, got {type(self.builder_kwargs).__name__}")
+        folders = [entry.folder for entry in self.classes]
+        if len(set(folders)) != len(folders):
+            fail("class folders repeat")
 
 
 def _build_densenet(num_classes: int, **kwargs: Any) -> nn.Module:
@@ -88,17 +112,31 @@ def build_network(recipe: Recipe) -> nn.Module:
 
 def load_recipe(model_dir: Path) -> Recipe:
     """Read and validate ``model_dir/recipe.json``."""
-    path = Path(model_dir) / RECIPE_FILE
+    model_dir = Path(model_dir)
+    if model_dir.is_file():
+        raise DataError(f"--model {model_dir} is a file; pass the folder that contains {RECIPE_FILE} and the weights")
+    path = model_dir / RECIPE_FILE
     if not path.is_file():
         raise DataError(f"model recipe not found: {path}; pass --model with a folder that contains {RECIPE_FILE}")
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
-        raw["classes"] = [ClassEntry(**entry) for entry in raw["classes"]]
-        recipe = Recipe(**raw)
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
-        raise DataError(f"model recipe {path} is invalid: {exc}") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
+        raise DataError(f"model recipe {path} is not readable JSON: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise DataError(f"model recipe {path} is invalid: expected a JSON object, got {type(raw).__name__}")
+    known = {item.name for item in fields(Recipe)}
+    missing = sorted(name for name in known if name not in raw and name not in OPTIONAL_FIELDS)
+    unknown = sorted(set(raw) - known)
+    if missing or unknown:
+        raise DataError(f"model recipe {path} is invalid: missing field(s) {missing or 'none'}, unknown field(s) {unknown or 'none'}")
+    try:
+        raw["classes"] = [ClassEntry(folder=str(entry["folder"]), name=str(entry["name"])) for entry in raw["classes"]]
+    except (TypeError, KeyError) as exc:
+        raise DataError(f"model recipe {path} is invalid: each class needs a 'folder' and a 'name' ({exc})") from exc
+    recipe = Recipe(**raw)
     if not recipe.classes:
         raise DataError(f"model recipe {path} lists no classes")
+    recipe.validate(str(path))
     return recipe
 
 
