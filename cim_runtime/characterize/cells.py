@@ -1,4 +1,4 @@
-"""Which cells a characterization routine measures."""
+"""Selection of the cells a characterization routine measures."""
 
 from __future__ import annotations
 

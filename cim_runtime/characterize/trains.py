@@ -92,7 +92,7 @@ def pulse_train(driver: ArrayDriver, cells: CellSelection, settings: PulseTrainS
 
 @dataclass(frozen=True)
 class RampSettings:
-    """A ramp pulse series: one pulse per step of linearly rising amplitude, a read after each."""
+    """Settings of a ramp pulse series: one pulse per step of linearly rising amplitude, a read after each."""
 
     start_v: float = 0.1
     stop_v: float = 2.0

@@ -28,7 +28,7 @@ def _require(condition: bool, message: str) -> None:
 
 @dataclass(frozen=True)
 class PulseLaw:
-    """How pulse amplitude and width scale the step along the response curve.
+    """Scaling of the step along the response curve with pulse amplitude and width.
 
     A pulse counts as ``((|V| - threshold_v) / (nominal_amplitude_v - threshold_v)) ** amplitude_exponent
     * (width_s / nominal_width_s) ** width_exponent`` nominal pulses, and as none when ``|V| <= threshold_v``.

@@ -16,7 +16,7 @@ Descriptors besides the model parameters:
   :func:`step_noise`); they need at least two ramps per direction, and the device file keeps the
   defaults where they cannot be measured;
 * cycle-to-cycle range spread: the spread of ramp start points within a cell, less read noise, relative
-  to the range; the simulator redraws each cell's range ends with it at every reversal;
+  to the range. The simulator redraws each cell's range ends with it at every reversal;
 * ramp-to-ramp spread: the standard deviation across ramps at each pulse, averaged over pulses;
 * distinguishable levels: ``1 + floor(W / (2 * spread))``, capped at the pulses of the longer train;
 * device-to-device spread of the range, nonlinearity and step, where the file names several cells.
@@ -219,7 +219,9 @@ def fit_device(data: PulseTrainData, *, model: str = "auto", max_nrmse: float = 
     table_down = isotonic_regression(down, increasing=False).x
     nrmse_exponential = {"up": _nrmse(fitted_up, up, width), "down": _nrmse(fitted_down, down, width)}
     nrmse_table = {"up": _nrmse(table_up, up, width), "down": _nrmse(table_down, down, width)}
-    chosen = model if model != "auto" else ("exponential" if max(nrmse_exponential.values()) <= max_nrmse else "table")
+    chosen = model
+    if model == "auto":
+        chosen = "exponential" if max(nrmse_exponential.values()) <= max_nrmse else "table"
     model_up, model_down = (fitted_up, fitted_down) if chosen == "exponential" else (table_up, table_down)
 
     g_min = float(min(up_params[0], up_params[1], down_params[0], down_params[1]))

@@ -9,7 +9,7 @@ Recognized layouts (``read_measurements`` picks by content):
   the direction comes from the file name.
 * CSV of two columns without a header: column 1 is an up ramp, column 2 a down ramp.
 
-Values are conductances, unless ``current_read_voltage_v`` says they are read currents at that voltage.
+Values are conductances, unless ``current_read_voltage_v`` marks them as read currents at that voltage.
 """
 
 from __future__ import annotations

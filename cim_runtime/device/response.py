@@ -1,6 +1,6 @@
 """Pulse-response curves in normalized conductance ``x = (G - G_min) / (G_max - G_min)``.
 
-A curve says where a cell at ``x`` goes after ``n`` nominal pulses (``n`` may be fractional). Every
+A curve gives where a cell at ``x`` goes after ``n`` nominal pulses (``n`` may be fractional). Every
 curve is vectorized over cells, keeps ``x`` inside ``[0, 1]`` and never moves a cell against the
 direction of the pulse. Four forms are available:
 
@@ -45,7 +45,7 @@ def inverse_exponential_shape(x: np.ndarray, nu) -> np.ndarray:
 
 
 class ResponseCurve(abc.ABC):
-    """Where ``n`` nominal pulses move cells, in normalized conductance."""
+    """Interface of a response curve: the move of cells after ``n`` nominal pulses, in normalized conductance."""
 
     @abc.abstractmethod
     def up(self, x: np.ndarray, pulses: np.ndarray) -> np.ndarray:
