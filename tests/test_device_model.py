@@ -240,3 +240,14 @@ def test_bad_table_file_is_rejected(tmp_path, content, fragment):
 
 def test_endurance_infinite_by_default():
     assert math.isinf(VariationConfig().endurance_cycles)
+
+
+def test_threshold_spread_is_drawn_per_cell():
+    variation = replace(QUIET, threshold_sigma_dtod_v=0.1)
+    cells = CellPopulation(exponential_device(variation=variation), 4000, np.random.default_rng(3))
+    assert np.std(cells.threshold_shift_v) == pytest.approx(0.1, rel=0.1)
+    index = np.arange(4000)
+    cells.conductance_s[:] = 1e-3
+    cells.pulse(index, np.full(4000, 0.55), np.full(4000, 1e-4), 0.0)
+    moved = cells.conductance_s > 1e-3
+    assert np.all(moved == (cells.threshold_shift_v < 0.05))

@@ -45,6 +45,9 @@ class CellPopulation:
         )
         self._per_cell_nu = nu_sigma > 0
 
+        self.threshold_shift_v = None
+        if variation.threshold_sigma_dtod_v > 0:
+            self.threshold_shift_v = (variation.threshold_sigma_dtod_v * rng.standard_normal(count)).astype(np.float32)
         sigma = variation.step_sigma_dtod
         self.step_factor = np.exp(sigma * rng.standard_normal(count) - sigma**2 / 2).astype(np.float32)
 
@@ -137,8 +140,11 @@ class CellPopulation:
             self.last_pulse_s[index] = now_s
         up = amplitude_v > 0
         pulses = np.empty(index.shape)
-        pulses[up] = self.config.law_up.nominal_pulses(amplitude_v[up], width_s[up])
-        pulses[~up] = self.config.law_down.nominal_pulses(amplitude_v[~up], width_s[~up])
+        shift = 0.0 if self.threshold_shift_v is None else self.threshold_shift_v[index]
+        shift_up = shift if np.ndim(shift) == 0 else shift[up]
+        shift_down = shift if np.ndim(shift) == 0 else shift[~up]
+        pulses[up] = self.config.law_up.nominal_pulses(amplitude_v[up], width_s[up], shift_up)
+        pulses[~up] = self.config.law_down.nominal_pulses(amplitude_v[~up], width_s[~up], shift_down)
         pulses *= self.step_factor[index]
         variation = self.config.variation
         if variation.step_sigma_ctoc > 0:

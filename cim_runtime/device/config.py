@@ -52,9 +52,14 @@ class PulseLaw:
         _require(self.amplitude_exponent > 0 and self.width_exponent > 0,
                  f"amplitude_exponent={self.amplitude_exponent} and width_exponent={self.width_exponent} must be above 0")
 
-    def nominal_pulses(self, amplitude_v: np.ndarray, width_s: np.ndarray) -> np.ndarray:
-        """Return how many nominal pulses each (amplitude, width) pulse is worth."""
-        overdrive = (np.abs(amplitude_v) - self.threshold_v) / (self.nominal_amplitude_v - self.threshold_v)
+    def nominal_pulses(self, amplitude_v: np.ndarray, width_s: np.ndarray, threshold_shift_v=0.0) -> np.ndarray:
+        """Return how many nominal pulses each (amplitude, width) pulse is worth.
+
+        ``threshold_shift_v`` moves each cell's threshold (device-to-device spread); the nominal pulse
+        keeps its meaning relative to the unshifted threshold.
+        """
+        threshold = self.threshold_v + np.asarray(threshold_shift_v)
+        overdrive = (np.abs(amplitude_v) - threshold) / (self.nominal_amplitude_v - self.threshold_v)
         return np.maximum(overdrive, 0.0) ** self.amplitude_exponent * (np.asarray(width_s) / self.nominal_width_s) ** self.width_exponent
 
 
@@ -150,6 +155,8 @@ class VariationConfig:
     conductance_max_sigma_dtod: float = 0.0
     #: Per-cell spread of the exponential nonlinearity factors (absolute).
     nonlinearity_sigma_dtod: float = 0.0
+    #: Per-cell spread of the switching threshold of both pulse laws, in volts.
+    threshold_sigma_dtod_v: float = 0.0
     #: Relative sigma of the step of each pulse (cycle-to-cycle).
     step_sigma_ctoc: float = 0.05
     #: Sigma of the range end a cell moves toward, redrawn at every reversal of direction, relative to the range width.
