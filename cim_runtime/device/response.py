@@ -76,16 +76,21 @@ class TableResponse(ResponseCurve):
         self._up_index = np.arange(self._up.size, dtype=np.float64)
         self._down_index = np.arange(self._down_reversed.size, dtype=np.float64)
 
-    # A cell outside a curve's range lands on the curve's end after any pulse, but never after
-    # a pulse below threshold (zero nominal pulses).
+    # A cell short of a curve's start keeps its offset and takes the curve's first steps; a cell
+    # past its end stays there. A pulse below threshold (zero nominal pulses) never moves a cell.
     def up(self, x, pulses):
         start = np.interp(x, self._up, self._up_index)
-        moved = np.maximum(x, np.interp(start + pulses, self._up_index, self._up))
+        moved = np.interp(start + pulses, self._up_index, self._up)
+        before_start = x + np.interp(pulses, self._up_index, self._up) - self._up[0]
+        moved = np.maximum(x, np.where(x < self._up[0], before_start, moved))
         return np.where(pulses > 0, moved, x)
 
     def down(self, x, pulses):
         start = np.interp(x, self._down_reversed, self._down_index)
-        moved = np.minimum(x, np.interp(start - pulses, self._down_index, self._down_reversed))
+        last = self._down_index[-1]
+        moved = np.interp(start - pulses, self._down_index, self._down_reversed)
+        before_start = x - (self._down_reversed[-1] - np.interp(last - pulses, self._down_index, self._down_reversed))
+        moved = np.minimum(x, np.where(x > self._down_reversed[-1], before_start, moved))
         return np.where(pulses > 0, moved, x)
 
     def reachable(self):
@@ -98,8 +103,8 @@ class ExponentialResponse(ResponseCurve):
     """The exponential form with a nonlinearity factor, a pulse count and a span per direction.
 
     A direction's span is the normalized conductance where its curve starts and ends (``(0, 1)`` for
-    potentiation and ``(1, 0)`` for depression unless measured otherwise). A cell outside the span lands
-    on the curve's end after any pulse above threshold. ``nu_up`` and ``nu_down`` may be per-cell arrays
+    potentiation and ``(1, 0)`` for depression unless measured otherwise). A cell short of the span's
+    start keeps its offset and takes the curve's first steps. A cell past the span's end stays there. ``nu_up`` and ``nu_down`` may be per-cell arrays
     (device-to-device spread).
     """
 
@@ -123,6 +128,9 @@ class ExponentialResponse(ResponseCurve):
         relative = (x - start) / (end - start)
         position = inverse_exponential_shape(relative, nu)
         moved = start + (end - start) * exponential_shape(np.clip(position + pulses / count, 0.0, 1.0), nu)
+        # A cell short of the curve's start keeps its offset and takes the curve's first steps.
+        before_start = x + (end - start) * exponential_shape(np.clip(pulses / count, 0.0, 1.0), nu)
+        moved = np.where(relative < 0, before_start, moved)
         return np.where(pulses > 0, moved, x)
 
     def up(self, x, pulses, index=None):
