@@ -74,8 +74,6 @@ def command_infer(args: argparse.Namespace) -> int:
     url = backend_url(args.backend, args.device_profile, args.seed)
     if not 0 < args.tolerance < 0.5:
         raise ConfigError(f"--tolerance {args.tolerance} is invalid: must be above 0 and below 0.5 (a fraction of the conductance window)")
-    if str(args.output) == "":
-        raise ConfigError("--output is empty; pass a folder name")
     check_output_folder(args.output, OUTPUT_FILES)
     request = InferenceRequest(
         model_dir=args.model, data_root=args.data_root, tile=args.tile, split=args.split,
@@ -125,6 +123,13 @@ class OneLineErrorParser(argparse.ArgumentParser):
         raise SystemExit(EXIT_BAD_INPUT)
 
 
+def output_folder(text: str) -> Path:
+    """Parse an output folder name; an empty one would silently mean the current folder."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("the folder name is empty")
+    return Path(text)
+
+
 def positive_int(text: str) -> int:
     """Parse a whole number of at least 1."""
     try:
@@ -154,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--tolerance", type=float, default=WriteVerifyConfig.tolerance_rel,
                        help="write-verify band half-width as a fraction of the conductance window (default %(default)s)")
     infer.add_argument("--batch-size", type=positive_int, default=64, help="images per batch (default %(default)s)")
-    infer.add_argument("--output", type=Path, default=Path("cim-run-output"),
+    infer.add_argument("--output", type=output_folder, default=Path("cim-run-output"),
                        help="folder for summary.json and conductance.png (default %(default)s)")
     infer.add_argument("--no-progress", action="store_true", help="hide progress bars")
     infer.set_defaults(handler=command_infer)
@@ -162,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     info = commands.add_parser("info", help="print a backend's geometry and limits")
     add_backend_options(info)
     info.set_defaults(handler=command_info)
-    cli_device.add_commands(commands, add_backend_options)
+    cli_device.add_commands(commands, add_backend_options, output_folder)
     return parser
 
 

@@ -14,10 +14,12 @@ from cim_runtime.device.fit_report import write_fit
 from cim_runtime.device.fitting import MODELS, fit_device
 from cim_runtime.device.readers import read_measurements
 from cim_runtime.driver import open_driver
-from cim_runtime.report import save_figure, write_json
+from cim_runtime.errors import ConfigError
+from cim_runtime.report import check_output_folder, save_figure, write_json
 
 
 def command_characterize(args: argparse.Namespace, url: str) -> int:
+    check_output_folder(args.output, ())
     routines = ROUTINES if args.routines == "all" else tuple(name.strip() for name in args.routines.split(","))
     train = PulseTrainSettings(pulses=args.pulses, cycles=args.cycles, scheme=args.scheme)
     with open_driver(url) as driver:
@@ -31,6 +33,9 @@ def command_characterize(args: argparse.Namespace, url: str) -> int:
 
 
 def command_fit(args: argparse.Namespace) -> int:
+    check_output_folder(args.output, ("device.toml", "fit.json", "fit.png"))
+    if not 0 < args.max_nrmse < 1:
+        raise ConfigError(f"--max-nrmse {args.max_nrmse} is invalid: must be above 0 and below 1")
     data = read_measurements(args.files, args.current_read_voltage_v)
     if args.map_to_s is not None:
         data = data.mapped_onto(*args.map_to_s)
@@ -76,6 +81,7 @@ def command_device_show(args: argparse.Namespace) -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    check_output_folder(args.output, ())
     profile = make_profile(args.profile)
     up, down = profile_curves(profile)
     figure, axis = plt.subplots(figsize=(6, 4.2))
@@ -96,12 +102,12 @@ def command_device_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_commands(commands, add_backend_options) -> None:
+def add_commands(commands, add_backend_options, output_folder) -> None:
     """Register the device commands on the ``cim-run`` subparser collection."""
     characterize = commands.add_parser("characterize", help="measure pulse trains, RPS, retention, endurance and read noise",
                                        description="Run characterization routines through any backend and write CSV, JSON and PNG.")
     add_backend_options(characterize)
-    characterize.add_argument("--output", type=Path, default=Path("cim-run-characterize"), help="results folder (default %(default)s)")
+    characterize.add_argument("--output", type=output_folder, default=Path("cim-run-characterize"), help="results folder (default %(default)s)")
     characterize.add_argument("--routines", default="all", help=f"comma-separated subset of {','.join(ROUTINES)} (default all)")
     characterize.add_argument("--cells", type=int, default=16, help="cells measured per routine (default %(default)s)")
     characterize.add_argument("--pulses", type=int, default=64, help="pulses per train (default %(default)s)")
@@ -114,7 +120,7 @@ def add_commands(commands, add_backend_options) -> None:
     fit = commands.add_parser("fit", help="fit a device model to pulse-train files",
                               description="Fit the exponential (or table) device model to measured pulse trains.")
     fit.add_argument("files", nargs="+", type=Path, help="measurement files (characterize CSV, one column per line, ramp columns)")
-    fit.add_argument("--output", type=Path, default=Path("cim-run-fit"), help="results folder (default %(default)s)")
+    fit.add_argument("--output", type=output_folder, default=Path("cim-run-fit"), help="results folder (default %(default)s)")
     fit.add_argument("--model", choices=MODELS, default="auto", help="model to keep (default auto: exponential when it fits)")
     fit.add_argument("--max-nrmse", type=float, default=0.03, help="largest exponential NRMSE that auto accepts (default %(default)s)")
     fit.add_argument("--current-read-voltage-v", type=float, help="the files hold read currents at this voltage, not conductances")
@@ -127,5 +133,5 @@ def add_commands(commands, add_backend_options) -> None:
     device_commands = device.add_subparsers(dest="device_command", required=True, metavar="ACTION")
     show = device_commands.add_parser("show", help="plot a profile's potentiation and depression curves")
     show.add_argument("profile", help="preset name (C4D1, ...) or device .toml file")
-    show.add_argument("--output", type=Path, default=Path("cim-run-device"), help="results folder (default %(default)s)")
+    show.add_argument("--output", type=output_folder, default=Path("cim-run-device"), help="results folder (default %(default)s)")
     show.set_defaults(handler=None, device_handler="show")

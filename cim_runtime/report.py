@@ -39,7 +39,9 @@ def _atomic_write(path: Path, write) -> None:
 
 def check_output_folder(folder: Path, names: tuple[str, ...]) -> None:
     """Raise :class:`ConfigError` before any work if results cannot be written to ``folder``."""
-    if str(folder) in ("", "."):
+    if str(folder) == "":
+        raise ConfigError("--output is empty; pass a folder name")
+    if str(folder) == ".":
         return
     if folder.exists() and not folder.is_dir():
         raise ConfigError(f"--output {folder} is a file; pass a folder (it is created if missing)")
