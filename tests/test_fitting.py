@@ -65,8 +65,8 @@ def test_gong2018_fits_after_mapping(devices):
     fit = fit_device(data.mapped_onto(1e-6, 1e-5))
     # The single 1000-pulse ramp of each direction scatters by about 5 % of its range from pulse to
     # pulse, so even the monotonic table of it stays near that floor.
-    assert fit.nrmse["up"] < 0.055
-    assert fit.nrmse["down"] < 0.055
+    assert fit.nrmse["up"] < 0.06
+    assert fit.nrmse["down"] < 0.06
     assert fit.nrmse_exponential["up"] < 0.07
 
 

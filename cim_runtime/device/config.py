@@ -19,6 +19,17 @@ from cim_runtime.device.response import ExponentialResponse, ResponseCurve, Soft
 from cim_runtime.errors import ConfigError, DataError
 
 RESPONSE_KINDS = ("table", "exponential", "soft-bounds", "linear-step")
+_CURVE_FIELDS = ("potentiation_s", "depression_s")
+_EXPONENTIAL_FIELDS = ("nonlinearity_up", "nonlinearity_down", "up_span_s", "down_span_s")
+_PULSE_FIELDS = ("pulses_up", "pulses_down")
+_SOFT_FIELDS = ("step_fraction_up", "step_fraction_down")
+#: Response fields a device file of each kind leaves out, because that kind ignores them.
+UNUSED_BY_KIND = {
+    "table": _EXPONENTIAL_FIELDS + _PULSE_FIELDS + _SOFT_FIELDS,
+    "exponential": _CURVE_FIELDS + _SOFT_FIELDS,
+    "linear-step": _CURVE_FIELDS + _EXPONENTIAL_FIELDS + _SOFT_FIELDS,
+    "soft-bounds": _CURVE_FIELDS + _EXPONENTIAL_FIELDS + _PULSE_FIELDS,
+}
 
 
 def _require(condition: bool, message: str) -> None:
@@ -212,10 +223,12 @@ class DeviceConfig:
     def to_toml(self) -> str:
         document = asdict(self)
         response = document["response"]
+        for key in UNUSED_BY_KIND[self.response.kind]:
+            del response[key]
         for key in ("potentiation_s", "depression_s", "up_span_s", "down_span_s"):
-            if not response[key]:
+            if key in response and not response[key]:
                 del response[key]
-            else:
+            elif key in response:
                 response[key] = list(response[key])
         return tomli_w.dumps(document)
 
@@ -231,11 +244,28 @@ def _build_section(section: str, raw: object, source: str):
     unknown = sorted(set(raw) - allowed)
     if unknown:
         raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)} in [{section}]; allowed: {', '.join(sorted(allowed))}")
-    values = {key: tuple(float(v) for v in value) if isinstance(value, list) else value for key, value in raw.items()}
+    defaults = {item.name: item.default for item in fields(cls)}
+    values = {}
+    for key, value in raw.items():
+        expected = defaults[key]
+        if isinstance(expected, tuple):
+            if not isinstance(value, list) or not all(_is_number(v) for v in value):
+                raise ConfigError(f"{source}: [{section}] {key} = {value!r} is invalid: expected a list of numbers")
+            value = tuple(float(v) for v in value)
+        elif isinstance(expected, str) or key == "kind":
+            if not isinstance(value, str):
+                raise ConfigError(f"{source}: [{section}] {key} = {value!r} is invalid: expected a string")
+        elif not _is_number(value):
+            raise ConfigError(f"{source}: [{section}] {key} = {value!r} is invalid: expected a number")
+        values[key] = value
     try:
         return cls(**values)
     except TypeError as exc:
-        raise ConfigError(f"{source}: [{section}] is incomplete or has a value of the wrong type: {exc}") from exc
+        raise ConfigError(f"{source}: [{section}] is incomplete: {exc}") from exc
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def device_config_from_dict(raw: dict, source: str = "device config") -> DeviceConfig:

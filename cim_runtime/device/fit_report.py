@@ -30,9 +30,10 @@ def plot_fit(path: Path, data: PulseTrainData, fit: DeviceFit) -> None:
         axis.plot(mean, ".", color="tab:blue", markersize=3, label="measured mean")
         axis.plot(np.arange(model.size), model, color="tab:red", linewidth=1.5, label=f"{fit.model} fit, NRMSE {100 * error:.2f} %")
         axis.set_xlabel("pulse")
-        axis.set_ylabel("conductance (S; measured units where mapped)")
-        axis.set_title(f"{fit.name}: {label}")
+        axis.set_ylabel("conductance (S)")
+        axis.set_title(label)
         axis.legend()
+    figure.suptitle(fit.name)
     figure.tight_layout()
     save_figure(figure, path)
 

@@ -6,7 +6,7 @@ direction: ``G(k) = G_start + (G_end - G_start) * shape(k / N, nu)`` with ``k`` 
 range is the union of both spans. The fit error is the RMS deviation from the mean ramp divided by
 the measured range (NRMSE). Where the exponential form misses by more than
 ``max_nrmse``, ``model="auto"`` keeps a table model instead: the mean ramps made monotonic by
-isotonic regression.
+isotonic regression and joined linearly between the centres of its steps.
 
 Descriptors besides the model parameters:
 
@@ -73,6 +73,21 @@ def fit_exponential_ramp(ramp: np.ndarray) -> np.ndarray:
         if best is None or result.cost < best.cost:
             best = result
     return best.x
+
+
+def monotone_curve(ramp: np.ndarray, increasing: bool) -> np.ndarray:
+    """Fit a monotonic curve to a ramp without the flat steps of plain isotonic regression.
+
+    Isotonic regression of a noisy ramp is a staircase, and a table with long flat steps would need many
+    pulses per level in the simulator. The curve here runs linearly between the centres of the steps.
+    """
+    steps = isotonic_regression(ramp, increasing=increasing).x
+    starts = np.flatnonzero(np.concatenate([[True], np.diff(steps) != 0]))
+    ends = np.concatenate([starts[1:], [steps.size]]) - 1
+    centres = (starts + ends) / 2.0
+    if centres.size < 2:
+        return steps
+    return np.interp(np.arange(steps.size), centres, steps[starts])
 
 
 def _nrmse(model: np.ndarray, measured: np.ndarray, width: float) -> float:
@@ -215,8 +230,8 @@ def fit_device(data: PulseTrainData, *, model: str = "auto", max_nrmse: float = 
 
     up_params, down_params = fit_exponential_ramp(up), fit_exponential_ramp(down)
     fitted_up, fitted_down = exponential_ramp(up_params, up.size), exponential_ramp(down_params, down.size)
-    table_up = isotonic_regression(up, increasing=True).x
-    table_down = isotonic_regression(down, increasing=False).x
+    table_up = monotone_curve(up, increasing=True)
+    table_down = monotone_curve(down, increasing=False)
     nrmse_exponential = {"up": _nrmse(fitted_up, up, width), "down": _nrmse(fitted_down, down, width)}
     nrmse_table = {"up": _nrmse(table_up, up, width), "down": _nrmse(table_down, down, width)}
     chosen = model
@@ -271,7 +286,8 @@ def fit_device(data: PulseTrainData, *, model: str = "auto", max_nrmse: float = 
         )
     config = DeviceConfig(name=name or data.name, response=response, variation=variation)
     return DeviceFit(
-        name=config.name, model=chosen, conductance_min_s=g_min, conductance_max_s=g_max,
+        name=config.name, model=chosen,
+        conductance_min_s=response.conductance_min_s, conductance_max_s=response.conductance_max_s,
         nonlinearity_up=float(up_params[2]), nonlinearity_down=float(down_params[2]),
         pulses_up=float(up.size - 1), pulses_down=float(down.size - 1),
         nrmse_exponential=nrmse_exponential, nrmse_table=nrmse_table,

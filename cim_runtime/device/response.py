@@ -76,21 +76,17 @@ class TableResponse(ResponseCurve):
         self._up_index = np.arange(self._up.size, dtype=np.float64)
         self._down_index = np.arange(self._down_reversed.size, dtype=np.float64)
 
-    # A cell short of a curve's start keeps its offset and takes the curve's first steps; a cell
-    # past its end stays there. A pulse below threshold (zero nominal pulses) never moves a cell.
+    # A cell short of a measured curve's start lands on the curve after any pulse, because separately
+    # measured sweeps need not meet; a cell past its end stays there. A pulse below threshold (zero
+    # nominal pulses) never moves a cell.
     def up(self, x, pulses):
         start = np.interp(x, self._up, self._up_index)
-        moved = np.interp(start + pulses, self._up_index, self._up)
-        before_start = x + np.interp(pulses, self._up_index, self._up) - self._up[0]
-        moved = np.maximum(x, np.where(x < self._up[0], before_start, moved))
+        moved = np.maximum(x, np.interp(start + pulses, self._up_index, self._up))
         return np.where(pulses > 0, moved, x)
 
     def down(self, x, pulses):
         start = np.interp(x, self._down_reversed, self._down_index)
-        last = self._down_index[-1]
-        moved = np.interp(start - pulses, self._down_index, self._down_reversed)
-        before_start = x - (self._down_reversed[-1] - np.interp(last - pulses, self._down_index, self._down_reversed))
-        moved = np.minimum(x, np.where(x > self._down_reversed[-1], before_start, moved))
+        moved = np.minimum(x, np.interp(start - pulses, self._down_index, self._down_reversed))
         return np.where(pulses > 0, moved, x)
 
     def reachable(self):
