@@ -167,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     info = commands.add_parser("info", help="print a backend's geometry and limits")
     add_backend_options(info)
     info.set_defaults(handler=command_info)
-    cli_device.add_commands(commands, add_backend_options, output_folder)
+    cli_device.add_commands(commands, add_backend_options, output_folder, positive_int)
     return parser
 
 

@@ -21,6 +21,8 @@ from cim_runtime.report import check_output_folder, save_figure, write_json
 def command_characterize(args: argparse.Namespace, url: str) -> int:
     check_output_folder(args.output, ())
     routines = ROUTINES if args.routines == "all" else tuple(name.strip() for name in args.routines.split(","))
+    if not all(routines):
+        raise ConfigError(f"--routines {args.routines!r} has an empty name; separate names with single commas")
     train = PulseTrainSettings(pulses=args.pulses, cycles=args.cycles, scheme=args.scheme)
     with open_driver(url) as driver:
         summary = run_characterization(driver, args.output, routines=routines, cells=args.cells, train=train,
@@ -102,18 +104,18 @@ def command_device_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_commands(commands, add_backend_options, output_folder) -> None:
+def add_commands(commands, add_backend_options, output_folder, positive_int) -> None:
     """Register the device commands on the ``cim-run`` subparser collection."""
     characterize = commands.add_parser("characterize", help="measure pulse trains, RPS, retention, endurance and read noise",
                                        description="Run characterization routines through any backend and write CSV, JSON and PNG.")
     add_backend_options(characterize)
     characterize.add_argument("--output", type=output_folder, default=Path("cim-run-characterize"), help="results folder (default %(default)s)")
     characterize.add_argument("--routines", default="all", help=f"comma-separated subset of {','.join(ROUTINES)} (default all)")
-    characterize.add_argument("--cells", type=int, default=16, help="cells measured per routine (default %(default)s)")
-    characterize.add_argument("--pulses", type=int, default=64, help="pulses per train (default %(default)s)")
-    characterize.add_argument("--cycles", type=int, default=3, help="potentiation-depression cycles (default %(default)s)")
+    characterize.add_argument("--cells", type=positive_int, default=16, help="cells measured per routine (default %(default)s)")
+    characterize.add_argument("--pulses", type=positive_int, default=64, help="pulses per train (default %(default)s)")
+    characterize.add_argument("--cycles", type=positive_int, default=3, help="potentiation-depression cycles (default %(default)s)")
     characterize.add_argument("--scheme", choices=SCHEMES, default="identical", help="pulse scheme of the trains")
-    characterize.add_argument("--endurance-cycles", type=int, default=1000, help="switching cycles of the endurance test")
+    characterize.add_argument("--endurance-cycles", type=positive_int, default=1000, help="switching cycles of the endurance test (default %(default)s)")
     characterize.add_argument("--no-progress", action="store_true", help="hide progress bars")
     characterize.set_defaults(handler=None, device_handler="characterize")
 

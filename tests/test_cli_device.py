@@ -43,8 +43,9 @@ def test_fit_kim_table_prints_nonlinearity(tmp_path):
 @pytest.mark.parametrize(
     ("arguments", "fragment"),
     [
-        (["characterize", "--cells", "0"], "cells=0"),
-        (["characterize", "--pulses", "0"], "pulses=0"),
+        (["characterize", "--cells", "0"], "--cells: 0 is invalid"),
+        (["characterize", "--routines", "pulse-train,"], "empty name"),
+        (["characterize", "--pulses", "0"], "--pulses: 0 is invalid"),
         (["characterize", "--routines", "pulse-train,magic"], "unknown routine"),
         (["fit", "absent_set.csv"], "not found"),
         (["fit", str(PRESETS / "C4D1_potentiation.txt")], "need both"),

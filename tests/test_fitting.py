@@ -171,3 +171,21 @@ def test_flat_data_has_no_range(tmp_path):
 def test_unknown_model_is_rejected():
     with pytest.raises(ConfigError, match="model"):
         fit_device(read_measurements([PRESETS / "C4D1_potentiation.txt", PRESETS / "C4D1_depression.txt"]), model="magic")
+
+
+def test_table_preset_round_trip_matches_cell_spread(tmp_path):
+    from cim_runtime.device.fit_check import simulate_like
+
+    with open_driver("sim://?profile=C4D1&arrays=1&rows=32&cols=32&seed=2") as driver:
+        run_characterization(driver, tmp_path, routines=["pulse-train"], cells=16, progress=False)
+    data = read_measurements([tmp_path / "pulse_train.csv"])
+    fit = fit_device(data)
+    assert fit.model == "table"
+    assert fit.spread_dtod["step_sigma_dtod"] > 0
+    assert "conductance_min_sigma_dtod" not in fit.spread_dtod
+    check = simulate_like(data, fit)
+    assert check["cells"] == 16
+    assert check["nrmse_mean_up"] < 0.03
+    assert check["nrmse_mean_down"] < 0.03
+    assert 0.5 < check["spread_ratio_up"] < 1.5
+    assert 0.5 < check["spread_ratio_down"] < 1.5

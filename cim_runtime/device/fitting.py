@@ -190,11 +190,37 @@ def _asymmetry(up: np.ndarray, down: np.ndarray, width: float) -> float:
     return float((up[middle] - down[middle]) / width)
 
 
-def _dtod_spread(data: PulseTrainData) -> dict:
-    """Fit each cell on its own and return the spread of the parameters across cells."""
+def _midpoint_index(ramp: np.ndarray, increasing: bool) -> float:
+    """Fractional pulse count at which a ramp crosses the middle of its own span."""
+    curve = monotone_curve(ramp, increasing)
+    middle = (curve[0] + curve[-1]) / 2
+    ordered = curve if increasing else curve[::-1]
+    index = float(np.interp(middle, ordered, np.arange(curve.size)))
+    return index if increasing else curve.size - 1 - index
+
+
+def _step_spread(data: PulseTrainData, cells: list[int]) -> float:
+    """Log-normal sigma of per-cell speed: how many pulses each cell needs to cross mid-span."""
+    logs = []
+    for ramps, owners, increasing in ((data.up, data.up_cells, True), (data.down, data.down_cells, False)):
+        crossings = [_midpoint_index(mean_ramp([r for r, c in zip(ramps, owners) if c == cell]), increasing) for cell in cells]
+        crossings = np.maximum(np.asarray(crossings), 0.5)
+        logs.append(np.std(np.log(crossings)))
+    return float(np.mean(logs))
+
+
+def _dtod_spread(data: PulseTrainData, exponential: bool) -> dict:
+    """Return the spread of the parameters across cells, where the data name at least 3 cells.
+
+    The step spread is model-free. The range and nonlinearity spreads come from exponential fits of each
+    cell, so they are left out where the exponential form does not describe the device.
+    """
     cells = sorted(set(data.up_cells) & set(data.down_cells))
     if len(cells) < 3:
         return {}
+    spread = {"cells": len(cells), "step_sigma_dtod": _step_spread(data, cells)}
+    if not exponential:
+        return spread
     up_fits, down_fits = [], []
     for cell in cells:
         up_fits.append(fit_exponential_ramp(mean_ramp([r for r, c in zip(data.up, data.up_cells) if c == cell])))
@@ -204,7 +230,7 @@ def _dtod_spread(data: PulseTrainData) -> dict:
     tops = np.concatenate([up_fits[:, 1], down_fits[:, 0]])
     width = float(np.mean(tops - bottoms))
     return {
-        "cells": len(cells),
+        **spread,
         "conductance_min_sigma_dtod": float(np.std(bottoms) / width),
         "conductance_max_sigma_dtod": float(np.std(tops) / width),
         "nonlinearity_sigma_dtod": float(np.mean([np.std(up_fits[:, 2]), np.std(down_fits[:, 2])])),
@@ -254,13 +280,13 @@ def fit_device(data: PulseTrainData, *, model: str = "auto", max_nrmse: float = 
     residual = np.sqrt(np.mean(np.concatenate([model_up - up, model_down - down]) ** 2))
     level_sigma = max(np.mean(list(spreads.values())), residual, 1e-12 * width)
     levels = int(min(1 + np.floor(width / (2 * level_sigma)), max(up.size, down.size)))
-    dtod = _dtod_spread(data)
+    dtod = _dtod_spread(data, exponential=chosen == "exponential")
 
     variation = VariationConfig(
         step_sigma_ctoc=ctoc if ctoc is not None else VariationConfig.step_sigma_ctoc,
         read_sigma_rel=read_sigma_rel if read_sigma_rel is not None else VariationConfig.read_sigma_rel,
         range_sigma_ctoc=range_ctoc or 0.0,
-        step_sigma_dtod=0.0,
+        step_sigma_dtod=dtod.get("step_sigma_dtod", 0.0),
         conductance_min_sigma_dtod=dtod.get("conductance_min_sigma_dtod", 0.0),
         conductance_max_sigma_dtod=dtod.get("conductance_max_sigma_dtod", 0.0),
         nonlinearity_sigma_dtod=dtod.get("nonlinearity_sigma_dtod", 0.0) if chosen == "exponential" else 0.0,
