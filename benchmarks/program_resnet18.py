@@ -15,7 +15,7 @@ import torch
 import torchvision
 
 from cim_runtime.driver import SimulatorDriver
-from cim_runtime.pipeline import map_for_driver
+from cim_runtime.mapping import ConductanceWindow, map_network
 from cim_runtime.programming import WriteVerifyConfig, write_verify
 
 
@@ -29,8 +29,12 @@ def main() -> None:
     torch.manual_seed(args.seed)
     network = torchvision.models.resnet18(num_classes=1000)
     started = time.monotonic()
-    with SimulatorDriver(args.profile, arrays=1024, seed=args.seed) as driver:
-        mapped = map_for_driver(network, driver, None)
+    # Plan on a one-array probe for the window, then open only as many arrays as the plan uses.
+    with SimulatorDriver(args.profile, arrays=1) as probe:
+        info = probe.info()
+    window = ConductanceWindow(info.conductance_min_s, info.conductance_max_s)
+    mapped = map_network(network, window, tile_rows=info.rows, tile_cols=info.cols, array_rows=info.rows, array_cols=info.cols)
+    with SimulatorDriver(args.profile, arrays=mapped.plan.arrays_used, seed=args.seed) as driver:
         targets = mapped.targets()
         prepared = time.monotonic()
         result = write_verify(driver, targets, WriteVerifyConfig(tolerance_rel=args.tolerance), progress=False)

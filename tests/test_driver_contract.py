@@ -131,3 +131,11 @@ def test_bad_backend_url_is_rejected(url, fragment):
 def test_errors_share_one_root():
     assert issubclass(LimitError, CimError)
     assert issubclass(ConfigError, ValueError)
+
+
+def test_cell_addressed_twice_in_one_pulse_is_rejected(driver):
+    before = driver.read_array(0, read_voltage_v=0.1)
+    with pytest.raises(ConfigError, match="addressed twice"):
+        driver.pulse(np.array([0, 1, 0]), np.array([2, 3, 2]), 1.0, 1e-4)
+    assert np.allclose(driver.read_array(0), before, rtol=0.02)
+    driver.pulse(np.array([0, 1]), np.array([2, 3]), 1.0, 1e-4)

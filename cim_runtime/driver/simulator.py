@@ -58,6 +58,7 @@ class SimulatorDriver(ArrayDriver):
         self._shape = (arrays, rows, cols)
         self.cells = CellPopulation(self.profile, arrays * rows * cols, np.random.default_rng(seed))
         self._now_s = 0.0
+        self._slot: np.ndarray | None = None
         window_min_s, window_max_s = self.cells.window_s()
         self._info = ArrayInfo(
             rows=rows,
@@ -95,6 +96,14 @@ class SimulatorDriver(ArrayDriver):
     def _flat(self, array, rows, cols) -> np.ndarray:
         return np.ravel_multi_index((array.ravel(), rows.ravel(), cols.ravel()), self._shape)
 
+    def _has_duplicates(self, flat: np.ndarray) -> bool:
+        """Tell whether a flat index repeats, in linear time: later writes to a slot overwrite earlier ones."""
+        if self._slot is None:
+            self._slot = np.empty(self.cells.count, dtype=np.int32 if self.cells.count < 2**31 else np.int64)
+        order = np.arange(flat.size, dtype=self._slot.dtype)
+        self._slot[flat] = order
+        return bool(np.any(self._slot[flat] != order))
+
     def _array_conductance(self, array: int) -> np.ndarray:
         size = self._shape[1] * self._shape[2]
         index = np.arange(array * size, (array + 1) * size)
@@ -105,7 +114,7 @@ class SimulatorDriver(ArrayDriver):
 
     def _pulse(self, array, rows, cols, amplitude_v, width_s):
         flat = self._flat(array, rows, cols)
-        if np.unique(flat).size != flat.size:
+        if self._has_duplicates(flat):
             raise ConfigError("a cell is addressed twice in one pulse call; send one pulse per cell per call")
         self.cells.pulse(flat, amplitude_v.ravel(), width_s.ravel(), self._now_s)
         if width_s.size:

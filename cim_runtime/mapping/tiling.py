@@ -152,9 +152,10 @@ def cell_targets(plan: TilePlan, pairs: dict[str, tuple[np.ndarray, np.ndarray]]
         positive, negative = pairs[tile.layer]
         block = np.s_[tile.group, tile.row_start : tile.row_start + tile.rows, tile.col_start : tile.col_start + tile.cols]
         tile_rows, tile_cols = _tile_cells(tile)
-        arrays.append(np.full(tile_rows.size, tile.array))
-        rows.append(tile_rows.ravel())
-        cols.append(tile_cols.ravel())
+        # int32 addresses keep the target list of a whole network (tens of millions of cells) small.
+        arrays.append(np.full(tile_rows.size, tile.array, dtype=np.int32))
+        rows.append(tile_rows.ravel().astype(np.int32))
+        cols.append(tile_cols.ravel().astype(np.int32))
         targets.append(np.stack([positive[block], negative[block]], axis=-1).ravel())
     return CellTargets(*(np.concatenate(part) for part in (arrays, rows, cols, targets)))
 
