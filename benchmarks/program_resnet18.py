@@ -24,6 +24,7 @@ def main() -> None:
     parser.add_argument("--profile", default="C4D1")
     parser.add_argument("--tolerance", type=float, default=0.02, help="band half-width, fraction of the window")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--scheme", default="amplitude-ramp", help="write-verify scheme (fixed, amplitude-ramp, width-ramp, adaptive)")
     args = parser.parse_args()
 
     torch.manual_seed(args.seed)
@@ -37,10 +38,11 @@ def main() -> None:
     with SimulatorDriver(args.profile, arrays=mapped.plan.arrays_used, seed=args.seed) as driver:
         targets = mapped.targets()
         prepared = time.monotonic()
-        result = write_verify(driver, targets, WriteVerifyConfig(tolerance_rel=args.tolerance), progress=False)
+        result = write_verify(driver, targets, WriteVerifyConfig(tolerance_rel=args.tolerance, scheme=args.scheme), progress=False)
     summary = result.summary()
     report = {
         "profile": args.profile,
+        "scheme": args.scheme,
         "tolerance_rel": args.tolerance,
         "cells": summary["cells"],
         "arrays": mapped.plan.arrays_used,

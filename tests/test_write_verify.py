@@ -91,3 +91,36 @@ def test_seeded_programming_is_reproducible():
             return write_verify(driver, random_targets(driver, 200), progress=False).measured_s
 
     assert np.array_equal(run(), run())
+
+
+@pytest.mark.parametrize("scheme", ["fixed", "amplitude-ramp", "width-ramp", "adaptive"])
+@pytest.mark.parametrize("profile", ["ideal", "C4D1", "Non_spikes_2"])
+def test_every_scheme_converges(scheme, profile):
+    with SimulatorDriver(profile, rows=64, cols=64, arrays=1, seed=3) as driver:
+        targets = random_targets(driver, 2000)
+        config = WriteVerifyConfig(scheme=scheme, tolerance_rel=0.02, max_pulses=200)
+        result = write_verify(driver, targets, config, progress=False)
+    assert result.in_tolerance.mean() >= 0.995
+    assert result.pulses.max() <= 200
+
+
+def test_adaptive_needs_fewer_pulses_than_fixed():
+    def mean_pulses(scheme: str) -> float:
+        with SimulatorDriver("C4D1", rows=64, cols=64, arrays=1, seed=5) as driver:
+            targets = random_targets(driver, 3000)
+            result = write_verify(driver, targets, WriteVerifyConfig(scheme=scheme, tolerance_rel=0.02), progress=False)
+        assert result.in_tolerance.all()
+        return float(result.pulses.mean())
+
+    assert mean_pulses("adaptive") < 0.6 * mean_pulses("fixed")
+
+
+def test_width_ramp_beyond_backend_limit_is_rejected():
+    with SimulatorDriver("ideal", rows=4, cols=4, arrays=1) as driver:
+        with pytest.raises(ConfigError, match="pulse width 0.1"):
+            write_verify(driver, random_targets(driver, 4), WriteVerifyConfig(scheme="width-ramp", max_width_s=0.1), progress=False)
+
+
+def test_unknown_scheme_is_rejected():
+    with pytest.raises(ConfigError, match="scheme='magic'"):
+        config_from_dict({"scheme": "magic"})

@@ -21,7 +21,9 @@ from tqdm import tqdm
 
 from cim_runtime.driver import ArrayDriver
 from cim_runtime.errors import ConfigError
+from cim_runtime.device.config import PulseLaw
 from cim_runtime.mapping import CellTargets
+from cim_runtime.programming.schemes import SCHEMES, make_scheme
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +52,18 @@ class WriteVerifyConfig:
     max_time_s: float = 3600.0
     #: Voltage of every verify read, in volts; the backend default if None.
     read_voltage_v: float | None = None
+    #: Pulse scheme: ``fixed``, ``amplitude-ramp``, ``width-ramp`` or ``adaptive`` (see schemes.py).
+    scheme: str = "amplitude-ramp"
+    #: Width-ramp scheme: width growth factor per repeated pulse, above 1.
+    width_ramp_factor: float = 1.5
+    #: Width-ramp scheme: longest pulse, in seconds.
+    max_width_s: float = 1e-3
+    #: Adaptive scheme: fraction of the remaining error each pulse aims to remove, 0 to 1.
+    adaptive_aim: float = 0.8
+    #: Adaptive scheme: expected levels across the window, for the first step estimate.
+    adaptive_levels: float = 64.0
+    #: Adaptive scheme: factor applied to a cell's aim at each overshoot, 0 to 1.
+    adaptive_reversal_shrink: float = 0.8
 
     def __post_init__(self) -> None:
         if not 0 < self.tolerance_rel < 0.5:
@@ -66,6 +80,15 @@ class WriteVerifyConfig:
             raise ConfigError(f"reversal_shrink={self.reversal_shrink} is invalid: must be between 0 and 1 inclusive")
         if self.amplitude_step_v < 0:
             raise ConfigError(f"amplitude_step_v={self.amplitude_step_v} is invalid: must be at least 0")
+        if self.scheme not in SCHEMES:
+            raise ConfigError(f"scheme={self.scheme!r} is invalid: use one of {', '.join(SCHEMES)}")
+        if not self.width_ramp_factor > 1 or not self.width_s <= self.max_width_s:
+            raise ConfigError(f"width_ramp_factor={self.width_ramp_factor} must be above 1 and max_width_s={self.max_width_s} "
+                              f"at least width_s={self.width_s}")
+        if not 0 < self.adaptive_reversal_shrink <= 1:
+            raise ConfigError(f"adaptive_reversal_shrink={self.adaptive_reversal_shrink} is invalid: must be above 0 and at most 1")
+        if not 0 < self.adaptive_aim <= 1 or not self.adaptive_levels >= 1:
+            raise ConfigError(f"adaptive_aim={self.adaptive_aim} must be in (0, 1] and adaptive_levels={self.adaptive_levels} at least 1")
         if self.max_pulses < 0 or self.max_time_s <= 0:
             raise ConfigError(f"max_pulses={self.max_pulses} and max_time_s={self.max_time_s} must be at least 0 and above 0")
 
@@ -108,19 +131,23 @@ def _check_amplitudes(driver: ArrayDriver, config: WriteVerifyConfig) -> None:
         raise ConfigError(
             f"max_amplitude_v={config.max_amplitude_v} exceeds the backend limit of {info.pulse_amplitude_max_v} V ({info.identity})"
         )
-    if not info.pulse_width_min_s <= config.width_s <= info.pulse_width_max_s:
-        raise ConfigError(
-            f"width_s={config.width_s:g} is outside the backend range {info.pulse_width_min_s:g}..{info.pulse_width_max_s:g} s"
-        )
+    widths = (config.width_s, config.max_width_s) if config.scheme == "width-ramp" else (config.width_s,)
+    for width in widths:
+        if not info.pulse_width_min_s <= width <= info.pulse_width_max_s:
+            raise ConfigError(f"pulse width {width:g} s is outside the backend range {info.pulse_width_min_s:g}..{info.pulse_width_max_s:g} s")
 
 
 def write_verify(
-    driver: ArrayDriver, targets: CellTargets, config: WriteVerifyConfig = WriteVerifyConfig(), *, progress: bool = True
+    driver: ArrayDriver, targets: CellTargets, config: WriteVerifyConfig = WriteVerifyConfig(), *, progress: bool = True,
+    law: PulseLaw | None = None,
 ) -> WriteVerifyResult:
     """Program every cell of ``targets`` to its target conductance.
 
     Cells that end outside their band are reported in the result, not raised; callers that need
     every cell in tolerance check :attr:`WriteVerifyResult.in_tolerance`.
+
+    Args:
+        law: the pulse law the adaptive scheme inverts; the default law of the presets if omitted.
     """
     _check_amplitudes(driver, config)
     info = driver.info()
@@ -128,9 +155,7 @@ def write_verify(
     count = len(targets)
     measured = np.full(count, np.nan)
     pulses = np.zeros(count, dtype=np.int32)
-    direction = np.zeros(count, dtype=np.int8)
-    amplitude = np.zeros(count)
-    start_amplitude = np.full(count, config.start_amplitude_v)
+    scheme = make_scheme(config, count, info.window_s, law, info.pulse_width_min_s)
     active = np.arange(count)
     started = time.monotonic()
     rounds = 0
@@ -153,18 +178,8 @@ def write_verify(
                 break
 
             wanted = np.where(error[needs_pulse] < 0, 1, -1).astype(np.int8)
-            repeated = wanted == direction[active]
-            reversed_now = direction[active] == -wanted
-            start_amplitude[active[reversed_now]] = config.min_amplitude_v + config.reversal_shrink * (
-                start_amplitude[active[reversed_now]] - config.min_amplitude_v
-            )
-            amplitude[active] = np.where(
-                repeated, np.minimum(amplitude[active] + config.amplitude_step_v, config.max_amplitude_v), start_amplitude[active]
-            )
-            direction[active] = wanted
-            driver.pulse(
-                targets.row[active], targets.col[active], wanted * amplitude[active], config.width_s, array=targets.array[active]
-            )
+            amplitude, width = scheme.choose(active, wanted, error[needs_pulse], measured[active])
+            driver.pulse(targets.row[active], targets.col[active], wanted * amplitude, width, array=targets.array[active])
             pulses[active] += 1
 
     in_tolerance = np.abs(measured - targets.target_s) <= tolerance_s
