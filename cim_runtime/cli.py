@@ -14,6 +14,7 @@ from cim_runtime.driver import DEFAULT_BACKEND_URL, open_driver, split_backend_u
 from cim_runtime.errors import CimError, ConfigError
 from cim_runtime.pipeline import InferenceRequest, run_inference
 from cim_runtime.programming import WriteVerifyConfig
+from cim_runtime.programming.schemes import SCHEMES
 from cim_runtime.report import check_output_folder, plot_programming, write_json
 from cim_runtime.zoo import DEFAULT_MODEL_DIR, DEFAULT_SAMPLE_DIR
 
@@ -77,7 +78,8 @@ def command_infer(args: argparse.Namespace) -> int:
     check_output_folder(args.output, OUTPUT_FILES)
     request = InferenceRequest(
         model_dir=args.model, data_root=args.data_root, tile=args.tile, split=args.split,
-        batch_size=args.batch_size, write_verify=WriteVerifyConfig(tolerance_rel=args.tolerance), progress=not args.no_progress,
+        batch_size=args.batch_size, write_verify=WriteVerifyConfig(tolerance_rel=args.tolerance, scheme=args.scheme),
+        progress=not args.no_progress,
     )
     with open_driver(url) as driver:
         outcome = run_inference(driver, request)
@@ -158,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--tile", type=parse_tile, metavar="ROWSxCOLS", help="largest tile in physical cells (default: the whole array)")
     infer.add_argument("--tolerance", type=float, default=WriteVerifyConfig.tolerance_rel,
                        help="write-verify band half-width as a fraction of the conductance window (default %(default)s)")
+    infer.add_argument("--scheme", choices=SCHEMES, default="amplitude-ramp",
+                       help="write-verify pulse scheme (default %(default)s)")
     infer.add_argument("--batch-size", type=positive_int, default=64, help="images per batch (default %(default)s)")
     infer.add_argument("--output", type=output_folder, default=Path("cim-run-output"),
                        help="folder for summary.json and conductance.png (default %(default)s)")

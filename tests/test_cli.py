@@ -191,3 +191,12 @@ def test_data_root_that_is_a_file(tmp_path):
     (tmp_path / "photo.jpg").write_bytes(b"x")
     result = cim_run("infer", "--data-root", str(tmp_path / "photo.jpg"), "--no-progress")
     assert_one_line_error(result, "is a file")
+
+
+def test_scheme_option_reaches_write_verify(tmp_path):
+    result = cim_run("infer", "--scheme", "adaptive", "--data-root", str(sample_with_one_class(tmp_path)),
+                     "--output", str(tmp_path / "out"), "--no-progress")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["write_verify_config"]["scheme"] == "adaptive"
+    assert summary["programming"]["fraction_in_tolerance"] == 1.0
