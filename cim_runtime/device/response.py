@@ -77,8 +77,8 @@ class TableResponse(ResponseCurve):
         self._down_index = np.arange(self._down_reversed.size, dtype=np.float64)
 
     # A cell short of a measured curve's start lands on the curve after any pulse, because separately
-    # measured sweeps need not meet; a cell past its end stays there. A pulse below threshold (zero
-    # nominal pulses) never moves a cell.
+    # measured sweeps need not meet. A cell past the curve's end stays there, and a pulse below
+    # threshold (zero nominal pulses) never moves a cell.
     def up(self, x, pulses):
         start = np.interp(x, self._up, self._up_index)
         moved = np.maximum(x, np.interp(start + pulses, self._up_index, self._up))

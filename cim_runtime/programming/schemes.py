@@ -11,7 +11,7 @@ All schemes share one interface, so their costs can be compared on the same targ
   start width that each reversal multiplies by ``reversal_shrink``, down to the backend's minimum.
 * ``adaptive``: each cell predicts the pulse it needs from the pulse law of the device model and its
   own history. It keeps an estimate of its conductance change per nominal pulse (first the window
-  divided by ``adaptive_levels``, then updated from every pulse it took), asks for ``adaptive_aim``
+  divided by ``adaptive_levels``, then updated from every pulse it took), requests ``adaptive_aim``
   of the remaining error, and inverts the pulse law for the amplitude at ``width_s``. Each overshoot
   multiplies that cell's aim by ``adaptive_reversal_shrink``.
 """
@@ -24,7 +24,7 @@ from cim_runtime.device.config import PulseLaw
 from cim_runtime.errors import ConfigError
 
 SCHEMES = ("fixed", "amplitude-ramp", "width-ramp", "adaptive")
-#: Smallest pulse the adaptive scheme asks for, in nominal pulses.
+#: Smallest pulse the adaptive scheme requests, in nominal pulses.
 MIN_ADAPTIVE_PULSES = 0.01
 
 
@@ -35,13 +35,13 @@ class PulseScheme:
         self.config = config
         self.direction = np.zeros(count, dtype=np.int8)
 
-    def choose(self, cells: np.ndarray, wanted: np.ndarray, error_s: np.ndarray, measured_s: np.ndarray):
-        """Return (amplitude magnitudes in V, widths in s) for ``cells``, which want direction ``wanted``."""
+    def choose(self, cells: np.ndarray, target_direction: np.ndarray, error_s: np.ndarray, measured_s: np.ndarray):
+        """Return (amplitude magnitudes in V, widths in s) for ``cells``, which move in ``target_direction`` (+1 up, -1 down)."""
         raise NotImplementedError
 
 
 class FixedScheme(PulseScheme):
-    def choose(self, cells, wanted, error_s, measured_s):
+    def choose(self, cells, target_direction, error_s, measured_s):
         return np.full(cells.size, self.config.start_amplitude_v), self.config.width_s
 
 
@@ -51,17 +51,17 @@ class AmplitudeRampScheme(PulseScheme):
         self.amplitude = np.zeros(count)
         self.start_amplitude = np.full(count, config.start_amplitude_v)
 
-    def choose(self, cells, wanted, error_s, measured_s):
+    def choose(self, cells, target_direction, error_s, measured_s):
         config = self.config
-        repeated = wanted == self.direction[cells]
-        reversed_now = self.direction[cells] == -wanted
+        repeated = target_direction == self.direction[cells]
+        reversed_now = self.direction[cells] == -target_direction
         self.start_amplitude[cells[reversed_now]] = config.min_amplitude_v + config.reversal_shrink * (
             self.start_amplitude[cells[reversed_now]] - config.min_amplitude_v
         )
         self.amplitude[cells] = np.where(
             repeated, np.minimum(self.amplitude[cells] + config.amplitude_step_v, config.max_amplitude_v), self.start_amplitude[cells]
         )
-        self.direction[cells] = wanted
+        self.direction[cells] = target_direction
         return self.amplitude[cells], self.config.width_s
 
 
@@ -72,14 +72,14 @@ class WidthRampScheme(PulseScheme):
         self.start_width = np.full(count, config.width_s)
         self.min_width_s = min_width_s
 
-    def choose(self, cells, wanted, error_s, measured_s):
+    def choose(self, cells, target_direction, error_s, measured_s):
         config = self.config
-        repeated = wanted == self.direction[cells]
-        reversed_now = cells[self.direction[cells] == -wanted]
+        repeated = target_direction == self.direction[cells]
+        reversed_now = cells[self.direction[cells] == -target_direction]
         self.start_width[reversed_now] = np.maximum(self.start_width[reversed_now] * config.reversal_shrink, self.min_width_s)
         grown = np.minimum(self.width[cells] * config.width_ramp_factor, config.max_width_s)
         self.width[cells] = np.where(repeated, grown, self.start_width[cells])
-        self.direction[cells] = wanted
+        self.direction[cells] = target_direction
         return np.full(cells.size, config.start_amplitude_v), self.width[cells]
 
 
@@ -106,11 +106,11 @@ class AdaptiveScheme(PulseScheme):
         observed = np.clip(moved[known] / self.last_pulses[cells][known], self._floor_s, self._ceiling_s)
         self.step_s[cells[known]] = 0.5 * self.step_s[cells[known]] + 0.5 * observed
 
-    def choose(self, cells, wanted, error_s, measured_s):
+    def choose(self, cells, target_direction, error_s, measured_s):
         config, law = self.config, self.law
         self._learn(cells, measured_s)
         # An overshoot means the step estimate ran high for this stretch of the curve: aim shorter.
-        reversed_now = cells[self.direction[cells] == -wanted]
+        reversed_now = cells[self.direction[cells] == -target_direction]
         self.aim[reversed_now] *= config.adaptive_reversal_shrink
         # At least a hundredth of a nominal pulse, so that no pulse sits at the threshold and does nothing.
         needed = np.maximum(self.aim[cells] * np.abs(error_s) / self.step_s[cells], MIN_ADAPTIVE_PULSES)
@@ -121,7 +121,7 @@ class AdaptiveScheme(PulseScheme):
         amplitude = np.minimum(amplitude, config.max_amplitude_v)
         self.last_pulses[cells] = law.nominal_pulses(amplitude, config.width_s)
         self.last_measured_s[cells] = measured_s
-        self.direction[cells] = wanted
+        self.direction[cells] = target_direction
         return amplitude, config.width_s
 
 

@@ -177,9 +177,9 @@ def write_verify(
             if not active.size:
                 break
 
-            wanted = np.where(error[needs_pulse] < 0, 1, -1).astype(np.int8)
-            amplitude, width = scheme.choose(active, wanted, error[needs_pulse], measured[active])
-            driver.pulse(targets.row[active], targets.col[active], wanted * amplitude, width, array=targets.array[active])
+            target_direction = np.where(error[needs_pulse] < 0, 1, -1).astype(np.int8)
+            amplitude, width = scheme.choose(active, target_direction, error[needs_pulse], measured[active])
+            driver.pulse(targets.row[active], targets.col[active], target_direction * amplitude, width, array=targets.array[active])
             pulses[active] += 1
 
     in_tolerance = np.abs(measured - targets.target_s) <= tolerance_s
