@@ -89,6 +89,29 @@ def classify(digital: torch.nn.Module, programmed: torch.nn.Module, dataset, bat
     }
 
 
+def layer_table(mapped: MappedNetwork, programming: WriteVerifyResult, digital: torch.nn.Module, programmed: torch.nn.Module) -> list[dict]:
+    """Per-layer figures: cells, pulses per cell, fraction in tolerance and relative weight error."""
+    rows = []
+    layer_of_cell = programming.targets.layer
+    for position, spec in enumerate(mapped.plan.layers):
+        own = layer_of_cell == position
+        pulses = programming.pulses[own]
+        reference = digital.get_submodule(spec.name).weight.detach().double()
+        actual = programmed.get_submodule(spec.name).weight.detach().double()
+        norm = float(reference.norm())
+        rows.append({
+            "layer": spec.name,
+            "kind": spec.kind,
+            "weight_shape": list(spec.weight_shape),
+            "cells": int(own.sum()),
+            "pulses_per_cell_mean": float(pulses.mean()) if pulses.size else 0.0,
+            "pulses_per_cell_p99": float(np.percentile(pulses, 99)) if pulses.size else 0.0,
+            "fraction_in_tolerance": float(programming.in_tolerance[own].mean()) if pulses.size else 1.0,
+            "weight_relative_error": float((actual - reference).norm()) / norm if norm > 0 else 0.0,
+        })
+    return rows
+
+
 def weight_error(mapped: MappedNetwork, digital: torch.nn.Module, programmed: torch.nn.Module) -> float:
     """Relative L2 error of all programmed weights against the digital ones."""
     squared_error = squared_norm = 0.0
@@ -150,5 +173,6 @@ def run_inference(driver: ArrayDriver, request: InferenceRequest) -> InferenceOu
         **accuracy,
         "accuracy_difference_points": 100 * (accuracy["programmed_accuracy"] - accuracy["digital_accuracy"]),
         "time_s": stage_s,
+        "layers": layer_table(mapped, programming, network, programmed),
     }
     return InferenceOutcome(summary, programming)

@@ -63,7 +63,7 @@ def write_json(path: Path, data: dict) -> None:
 
 
 def plot_programming(path: Path, result: WriteVerifyResult, seed: int = 0) -> None:
-    """Plot target against programmed conductance and the histogram of programming error."""
+    """Plot target against programmed conductance, the programming error and the pulses per cell."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -74,7 +74,7 @@ def plot_programming(path: Path, result: WriteVerifyResult, seed: int = 0) -> No
     shown = np.random.default_rng(seed).permutation(target_us.size)[:SCATTER_POINTS]
     tolerance_us = result.tolerance_s * 1e6
 
-    figure, (scatter, histogram) = plt.subplots(1, 2, figsize=(11, 4.5))
+    figure, (scatter, histogram, pulse_histogram) = plt.subplots(1, 3, figsize=(16, 4.5))
     scatter.scatter(target_us[shown], measured_us[shown], s=2, alpha=0.3, color="tab:blue", label="cells")
     low, high = float(target_us.min()), float(target_us.max())
     scatter.plot([low, high], [low, high], color="black", linewidth=1, label="target")
@@ -91,7 +91,13 @@ def plot_programming(path: Path, result: WriteVerifyResult, seed: int = 0) -> No
     histogram.set_xlabel("programming error (µS)")
     histogram.set_ylabel("cells (log scale)")
     histogram.set_yscale("log")
-    histogram.set_title(f"mean {result.pulses.mean():.1f} pulses per cell, p99 {np.percentile(result.pulses, 99):.0f}")
+    histogram.set_title("programming error of every cell")
+
+    pulse_histogram.hist(result.pulses, bins=np.arange(result.pulses.max() + 2) - 0.5, color="tab:orange")
+    pulse_histogram.set_xlabel("pulses applied to the cell")
+    pulse_histogram.set_ylabel("cells (log scale)")
+    pulse_histogram.set_yscale("log")
+    pulse_histogram.set_title(f"mean {result.pulses.mean():.1f} pulses per cell, p99 {np.percentile(result.pulses, 99):.0f}")
     figure.tight_layout()
 
     save_figure(figure, path)

@@ -107,6 +107,10 @@ def test_end_to_end_on_real_photos(tmp_path, flowers_subset):
     assert f"digital {100 * summary['digital_accuracy']:.2f} %" in result.stdout
     assert f"programmed {100 * summary['programmed_accuracy']:.2f} %" in result.stdout
     assert summary["prediction_agreement"] >= 0.8
+    layers = summary["layers"]
+    assert len(layers) == summary["mapping"]["layers"]
+    assert sum(layer["cells"] for layer in layers) == summary["mapping"]["cells"]
+    assert all(layer["fraction_in_tolerance"] == 1.0 for layer in layers)
     assert (output / "conductance.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

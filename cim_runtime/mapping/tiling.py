@@ -133,6 +133,8 @@ class CellTargets:
     row: np.ndarray
     col: np.ndarray
     target_s: np.ndarray
+    #: Index into the plan's layers of each cell, where the targets come from a plan.
+    layer: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.target_s.size)
@@ -147,7 +149,8 @@ def _tile_cells(tile: Tile) -> tuple[np.ndarray, np.ndarray]:
 
 def cell_targets(plan: TilePlan, pairs: dict[str, tuple[np.ndarray, np.ndarray]]) -> CellTargets:
     """Gather the target of every used cell from per-layer (G+, G-) matrices of shape (groups, rows, cols)."""
-    arrays, rows, cols, targets = [], [], [], []
+    arrays, rows, cols, targets, layers = [], [], [], [], []
+    layer_index = {spec.name: position for position, spec in enumerate(plan.layers)}
     for tile in plan.tiles:
         positive, negative = pairs[tile.layer]
         block = np.s_[tile.group, tile.row_start : tile.row_start + tile.rows, tile.col_start : tile.col_start + tile.cols]
@@ -157,7 +160,8 @@ def cell_targets(plan: TilePlan, pairs: dict[str, tuple[np.ndarray, np.ndarray]]
         rows.append(tile_rows.ravel().astype(np.int32))
         cols.append(tile_cols.ravel().astype(np.int32))
         targets.append(np.stack([positive[block], negative[block]], axis=-1).ravel())
-    return CellTargets(*(np.concatenate(part) for part in (arrays, rows, cols, targets)))
+        layers.append(np.full(tile_rows.size, layer_index[tile.layer], dtype=np.int16 if len(plan.layers) < 2**15 else np.int32))
+    return CellTargets(*(np.concatenate(part) for part in (arrays, rows, cols, targets, layers)))
 
 
 def gather_pairs(plan: TilePlan, conductance_s: dict[int, np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
