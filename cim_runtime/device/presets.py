@@ -40,6 +40,17 @@ class PulseTable:
                 raise DataError(f"pulse table {self.name!r}: {label} conductances must be finite and positive")
 
 
+def parse_finite_number(text: str, path: Path, line: int) -> float:
+    """Parse one field of a data file, naming the file and line when it is not a finite number."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise DataError(f"{path}, line {line}: {text.strip()[:40]!r} is not a number") from None
+    if not math.isfinite(value):
+        raise DataError(f"{path}, line {line}: {value} is not a finite value")
+    return value
+
+
 def read_conductance_column(path: Path) -> np.ndarray:
     """Parse a text file with one conductance in siemens per line; blank lines are skipped.
 
@@ -54,13 +65,7 @@ def read_conductance_column(path: Path) -> np.ndarray:
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
-        try:
-            value = float(line)
-        except ValueError:
-            raise DataError(f"{path}, line {number}: {line.strip()[:40]!r} is not a number") from None
-        if not math.isfinite(value):
-            raise DataError(f"{path}, line {number}: {value} is not a finite conductance")
-        values.append(value)
+        values.append(parse_finite_number(line, path, number))
     if not values:
         raise DataError(f"pulse table {path} contains no values")
     return np.asarray(values, dtype=np.float64)

@@ -15,13 +15,12 @@ Values are conductances, unless ``current_read_voltage_v`` marks them as read cu
 from __future__ import annotations
 
 import csv
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from cim_runtime.device.presets import read_conductance_column
+from cim_runtime.device.presets import parse_finite_number, read_conductance_column
 from cim_runtime.errors import DataError
 
 UP_WORDS = ("potentiation", "set", "up", "ltp")
@@ -73,16 +72,6 @@ def direction_from_name(path: Path) -> str:
     raise DataError(f"cannot tell the pulse direction of {path.name}: put potentiation/set or depression/reset in its name")
 
 
-def _float(text: str, path: Path, line: int) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise DataError(f"{path}, line {line}: {text.strip()[:40]!r} is not a number") from None
-    if not math.isfinite(value):
-        raise DataError(f"{path}, line {line}: {value} is not a finite value")
-    return value
-
-
 def _rows(path: Path) -> list[list[str]]:
     try:
         if path.stat().st_size > MAX_FILE_BYTES:
@@ -99,10 +88,10 @@ def _characterize_csv(path: Path, rows: list[list[str]]) -> PulseTrainData:
     for number, row in enumerate(rows[1:], start=2):
         if len(row) != 5:
             raise DataError(f"{path}, line {number}: expected 5 fields, got {len(row)}")
-        cycle, direction, pulse, cell = int(_float(row[0], path, number)), row[1], int(_float(row[2], path, number)), int(_float(row[3], path, number))
+        cycle, direction, pulse, cell = int(parse_finite_number(row[0], path, number)), row[1], int(parse_finite_number(row[2], path, number)), int(parse_finite_number(row[3], path, number))
         if direction not in ("potentiation", "depression"):
             raise DataError(f"{path}, line {number}: direction {direction!r} is not potentiation or depression")
-        ramps.setdefault((cycle, direction, cell), []).append((pulse, _float(row[4], path, number)))
+        ramps.setdefault((cycle, direction, cell), []).append((pulse, parse_finite_number(row[4], path, number)))
     for (_, direction, cell), points in sorted(ramps.items()):
         values = np.array([value for _, value in sorted(points)])
         (data.up if direction == "potentiation" else data.down).append(values)
@@ -117,7 +106,7 @@ def _column_csv(path: Path, rows: list[list[str]], header: bool) -> list[np.ndar
     for number, row in enumerate(body, start=2 if header else 1):
         for column, text in enumerate(row):
             if text.strip():
-                columns[column].append(_float(text, path, number))
+                columns[column].append(parse_finite_number(text, path, number))
     ramps = [np.asarray(column) for column in columns if len(column) >= 2]
     if not ramps:
         raise DataError(f"{path} contains no ramp of at least 2 values")
