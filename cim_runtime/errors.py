@@ -36,7 +36,7 @@ class TransportError(CimError, OSError):
 
 
 class DeviceTimeoutError(TransportError, TimeoutError):
-    """The hardware did not answer before the deadline."""
+    """The hardware did not reply before the deadline."""
 
 
 class ProtocolError(CimError):
