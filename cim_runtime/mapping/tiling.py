@@ -166,15 +166,49 @@ def cell_targets(plan: TilePlan, pairs: dict[str, tuple[np.ndarray, np.ndarray]]
 
 def gather_pairs(plan: TilePlan, conductance_s: dict[int, np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Rebuild per-layer (G+, G-) matrices from whole-array conductance maps keyed by array index."""
+    values = [conductance_s[tile.array][_tile_cells(tile)].ravel() for tile in plan.tiles]
+    return cells_to_pairs(plan, np.concatenate(values) if values else np.zeros(0))
+
+
+def cells_to_pairs(plan: TilePlan, values: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Rebuild per-layer (G+, G-) matrices from one value per cell in :func:`cell_targets` order."""
+    if values.shape != (plan.cells_used,):
+        raise ConfigError(f"expected {plan.cells_used} cell values for this plan, got shape {values.shape}")
     pairs = {}
     for spec in plan.layers:
         shape = (spec.groups, spec.matrix_rows, spec.matrix_cols)
         pairs[spec.name] = (np.full(shape, np.nan), np.full(shape, np.nan))
+    start = 0
     for tile in plan.tiles:
-        positive, negative = pairs[tile.layer]
+        stop = start + 2 * tile.rows * tile.cols
         block = np.s_[tile.group, tile.row_start : tile.row_start + tile.rows, tile.col_start : tile.col_start + tile.cols]
-        tile_rows, tile_cols = _tile_cells(tile)
-        measured = conductance_s[tile.array][tile_rows, tile_cols]
-        positive[block] = measured[..., 0]
-        negative[block] = measured[..., 1]
+        measured = values[start:stop].reshape(tile.rows, tile.cols, 2)
+        pairs[tile.layer][0][block] = measured[..., 0]
+        pairs[tile.layer][1][block] = measured[..., 1]
+        start = stop
     return pairs
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """The tiles of one array: a contiguous range of cells in :func:`cell_targets` order."""
+
+    array: int
+    tiles: tuple[int, ...]
+    cell_start: int
+    cell_stop: int
+
+
+def array_chunks(plan: TilePlan) -> list[Chunk]:
+    """Group the plan's tiles by array, in plan order (the shelf packer fills arrays one after another)."""
+    chunks: list[Chunk] = []
+    start = 0
+    for position, tile in enumerate(plan.tiles):
+        stop = start + 2 * tile.rows * tile.cols
+        if chunks and chunks[-1].array == tile.array:
+            last = chunks[-1]
+            chunks[-1] = Chunk(last.array, (*last.tiles, position), last.cell_start, stop)
+        else:
+            chunks.append(Chunk(tile.array, (position,), start, stop))
+        start = stop
+    return chunks
