@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import sys
 from pathlib import Path
 from urllib.parse import urlencode
@@ -91,12 +92,12 @@ def command_infer(args: argparse.Namespace) -> int:
 
 def command_infer_programmed(args: argparse.Namespace) -> int:
     """Classify with the state a ``cim-run program`` run saved; options that shape programming do not apply."""
-    given = [option for option, value, default in (
+    conflicting = [option for option, value, default in (
         ("--backend", args.backend, DEFAULT_BACKEND_URL), ("--device-profile", args.device_profile, None), ("--seed", args.seed, None),
         ("--tile", args.tile, None), ("--tolerance", args.tolerance, WriteVerifyConfig.tolerance_rel), ("--scheme", args.scheme, "amplitude-ramp"),
     ) if value != default]
-    if given:
-        raise ConfigError(f"{', '.join(given)} shape programming and do not apply with --programmed, which reads a saved state; "
+    if conflicting:
+        raise ConfigError(f"{', '.join(conflicting)} shape programming and do not apply with --programmed, which reads a saved state; "
                           "pass them to cim-run program instead")
     check_output_folder(args.output, OUTPUT_FILES)
     request = InferenceRequest(model_dir=args.model, data_root=args.data_root, split=args.split, batch_size=args.batch_size,
@@ -105,14 +106,15 @@ def command_infer_programmed(args: argparse.Namespace) -> int:
 
 
 def report_inference(args: argparse.Namespace, outcome) -> int:
+    # Files come first, so a closed standard output loses no result. The plot comes before the summary:
+    # no summary then claims a complete run whose plot could not be written.
+    plot_programming(args.output / "conductance.png", outcome.programming)
+    write_json(args.output / "summary.json", outcome.summary)
     print_summary(outcome.summary)
     failed = outcome.summary["programming"]["failed_cells"]
     if failed:
         print(f"cim-run: warning: {failed:,} cells ended outside their tolerance band; widen --tolerance "
               "or check the device profile", file=sys.stderr)
-    # The plot goes first: if it cannot be written, no summary claims a complete run.
-    plot_programming(args.output / "conductance.png", outcome.programming)
-    write_json(args.output / "summary.json", outcome.summary)
     print(f"{'results':<11} {args.output / 'summary.json'}, {args.output / 'conductance.png'}")
     return 0
 
@@ -226,6 +228,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("cim-run: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader of standard output went away (as with `| head`); results are already on disk.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

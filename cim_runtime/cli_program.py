@@ -79,8 +79,8 @@ def command_program(args: argparse.Namespace, url: str) -> int:
                              progress=not args.no_progress)
     with open_driver(simulator_state_url(url, args.output / "simulator")) as driver:
         outcome = run_program(driver, request)
-    print_outcome(outcome.summary, args.output)
     write_csv(args.output / "layers.csv", outcome.summary["layers"])
     plot_programming(args.output / "programming.png", outcome.result.as_write_verify_result())
     write_json(args.output / "summary.json", outcome.summary)
+    print_outcome(outcome.summary, args.output)
     return 0

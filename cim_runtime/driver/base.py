@@ -165,6 +165,14 @@ class ArrayDriver(abc.ABC):
         self._check_wait(duration_s)
         time.sleep(duration_s)
 
+    def device_model(self):
+        """Return the nominal device model of the cells (a :class:`~cim_runtime.device.DeviceConfig`), if known.
+
+        The adaptive write-verify scheme predicts pulses from it. Hardware backends return None unless
+        a fitted device file was given to them.
+        """
+        return None
+
     def save_checkpoint(self, generation: int) -> None:
         """Make the arrays' present state outlive this process, labelled ``generation``.
 

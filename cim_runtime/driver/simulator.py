@@ -98,6 +98,10 @@ class SimulatorDriver(ArrayDriver):
         self._check_wait(duration_s)
         self._now_s += float(duration_s)
 
+    def device_model(self) -> DeviceConfig:
+        """Return the profile the simulated cells were drawn from, without their individual spread."""
+        return self.profile
+
     def true_conductance_s(self, array: int = 0) -> np.ndarray:
         """Return the noiseless conductance of one array, drift included; a simulator-only view."""
         return self._array_conductance(array)

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from cim_runtime.driver import ArrayDriver
 from cim_runtime.errors import ConfigError
-from cim_runtime.device.config import PulseLaw
+from cim_runtime.device.config import DeviceConfig, PulseLaw
 from cim_runtime.mapping import CellTargets
 from cim_runtime.programming.schemes import SCHEMES, make_scheme
 
@@ -170,7 +170,7 @@ def verify_read(driver: ArrayDriver, targets: CellTargets, cells: np.ndarray, co
 
 def write_verify(
     driver: ArrayDriver, targets: CellTargets, config: WriteVerifyConfig = WriteVerifyConfig(), *, progress: bool = True,
-    law: PulseLaw | None = None,
+    law: PulseLaw | None = None, device: DeviceConfig | None = None,
 ) -> WriteVerifyResult:
     """Program every cell of ``targets`` to its target conductance.
 
@@ -179,6 +179,8 @@ def write_verify(
 
     Args:
         law: the pulse law the adaptive scheme inverts; the default law of the presets if omitted.
+        device: a device model for the adaptive scheme to predict steps from; the backend's own
+            (:meth:`~cim_runtime.driver.ArrayDriver.device_model`) if omitted. It replaces ``law``.
     """
     _check_amplitudes(driver, config)
     info = driver.info()
@@ -186,9 +188,14 @@ def write_verify(
     count = len(targets)
     measured = np.full(count, np.nan)
     pulses = np.zeros(count, dtype=np.int32)
-    pulse_time_s = np.zeros(count)
-    confirm_left = np.full(count, config.confirm_reads, dtype=np.int32)
-    scheme = make_scheme(config, count, info.window_s, law, info.pulse_width_min_s)
+    # Per-cell pulse time and confirmations cost memory only when their settings are in use.
+    pulse_time_s = np.zeros(count) if config.max_cell_time_s is not None else None
+    confirm_left = None
+    if config.confirm_reads:
+        confirm_left = np.full(count, config.confirm_reads, dtype=np.int32)
+    if device is None and law is None:
+        device = driver.device_model()
+    scheme = make_scheme(config, count, info.window_s, law, info.pulse_width_min_s, device)
     active = np.arange(count)
     started = time.monotonic()
     rounds = 0
@@ -199,10 +206,14 @@ def write_verify(
             measured[active] = verify_read(driver, targets, active, config)
             error = measured[active] - targets.target_s[active]
             in_band = np.abs(error) <= tolerance_s
-            confirm_left[active[~in_band]] = config.confirm_reads
-            accepted = in_band & (confirm_left[active] == 0)
-            confirm_left[active[in_band & ~accepted]] -= 1
-            within_budget = (pulses[active] < config.max_pulses) & (pulse_time_s[active] < (config.max_cell_time_s or np.inf))
+            accepted = in_band
+            if confirm_left is not None:
+                confirm_left[active[~in_band]] = config.confirm_reads
+                accepted = in_band & (confirm_left[active] == 0)
+                confirm_left[active[in_band & ~accepted]] -= 1
+            within_budget = pulses[active] < config.max_pulses
+            if pulse_time_s is not None:
+                within_budget &= pulse_time_s[active] < config.max_cell_time_s
             needs_pulse = ~in_band & within_budget
             out_of_time = time.monotonic() - started > config.max_time_s
             next_active = active[needs_pulse | (in_band & ~accepted)] if not out_of_time else active[:0]
@@ -218,7 +229,8 @@ def write_verify(
             amplitude, width = scheme.choose(pulsed, target_direction, error[needs_pulse], measured[pulsed])
             driver.pulse(targets.row[pulsed], targets.col[pulsed], target_direction * amplitude, width, array=targets.array[pulsed])
             pulses[pulsed] += 1
-            pulse_time_s[pulsed] += width
+            if pulse_time_s is not None:
+                pulse_time_s[pulsed] += width
 
     in_tolerance = np.abs(measured - targets.target_s) <= tolerance_s
     result = WriteVerifyResult(targets, measured, pulses, in_tolerance, tolerance_s, time.monotonic() - started, rounds)
