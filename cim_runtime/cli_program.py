@@ -35,6 +35,9 @@ def add_command(commands, add_backend_options, output_folder, parse_tile) -> Non
     program.add_argument("--retry-passes", type=int, default=1, help="passes that re-read every cell and reprogram the ones outside "
                                                                      "their band (default %(default)s)")
     program.add_argument("--no-compensation", action="store_true", help="do not re-target the partner of a stuck cell")
+    program.add_argument("--spare-pairs", type=int, default=0, metavar="N",
+                         help="column pairs kept free at the edge of every array; column pairs that keep a stuck cell move there "
+                              "(default %(default)s)")
     program.add_argument("--output", type=output_folder, default=Path("cim-run-program"),
                          help="folder for the journal, programmed state and reports (default %(default)s)")
     program.add_argument("--resume", action="store_true", help="continue the interrupted run whose journal is in --output")
@@ -75,8 +78,8 @@ def command_program(args: argparse.Namespace, url: str) -> int:
     check_output_folder(args.output, OUTPUT_FILES)
     settings = SessionSettings(WriteVerifyConfig(tolerance_rel=args.tolerance, scheme=args.scheme), retry_passes=args.retry_passes,
                                compensate_pairs=not args.no_compensation)
-    request = ProgramRequest(model_dir=args.model, output=args.output, tile=args.tile, settings=settings, resume=args.resume,
-                             progress=not args.no_progress)
+    request = ProgramRequest(model_dir=args.model, output=args.output, tile=args.tile, spare_pairs=args.spare_pairs, settings=settings,
+                             resume=args.resume, progress=not args.no_progress)
     with open_driver(simulator_state_url(url, args.output / "simulator")) as driver:
         outcome = run_program(driver, request)
     write_csv(args.output / "layers.csv", outcome.summary["layers"])

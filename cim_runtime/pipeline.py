@@ -53,15 +53,20 @@ class InferenceOutcome:
     programming: WriteVerifyResult
 
 
-def map_for_driver(network: torch.nn.Module, driver: ArrayDriver, tile: tuple[int, int] | None) -> MappedNetwork:
-    """Map ``network`` into the driver's conductance window and check that its arrays suffice."""
+def map_for_driver(network: torch.nn.Module, driver: ArrayDriver, tile: tuple[int, int] | None, spare_pairs: int = 0) -> MappedNetwork:
+    """Map ``network`` into the driver's conductance window and check that its arrays suffice.
+
+    Args:
+        spare_pairs: column pairs kept free on every array; the default tile is narrowed to leave them.
+    """
     info = driver.info()
     if tile is None and info.cols % 2:
         raise ConfigError(f"the backend's arrays have {info.cols} columns, an odd number; pass --tile with an even column count, "
                           f"such as {info.rows}x{info.cols - 1}")
-    tile_rows, tile_cols = tile if tile is not None else (info.rows, info.cols)
+    tile_rows, tile_cols = tile if tile is not None else (info.rows, max(info.cols - 2 * spare_pairs, 2))
     window = ConductanceWindow(info.conductance_min_s, info.conductance_max_s)
-    mapped = map_network(network, window, tile_rows=tile_rows, tile_cols=tile_cols, array_rows=info.rows, array_cols=info.cols)
+    mapped = map_network(network, window, tile_rows=tile_rows, tile_cols=tile_cols, array_rows=info.rows, array_cols=info.cols,
+                         spare_pairs=spare_pairs)
     if mapped.plan.arrays_used > info.arrays:
         raise ConfigError(
             f"the network needs {mapped.plan.arrays_used} arrays of {info.rows}x{info.cols} but the backend has {info.arrays}; "

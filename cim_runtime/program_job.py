@@ -27,6 +27,8 @@ class ProgramRequest:
     model_dir: Path
     output: Path
     tile: tuple[int, int] | None = None
+    #: Column pairs kept free on every array for columns with stuck cells.
+    spare_pairs: int = 0
     settings: SessionSettings = field(default_factory=SessionSettings)
     resume: bool = False
     progress: bool = True
@@ -44,17 +46,18 @@ def run_program(driver: ArrayDriver, request: ProgramRequest) -> ProgramOutcome:
     """Program every cell of the model's tile plan, or finish an interrupted run; save the programmed state."""
     model_dir = Path(request.model_dir).resolve()
     recipe, network = load_model(model_dir)
-    mapped = map_for_driver(network, driver, request.tile)
+    mapped = map_for_driver(network, driver, request.tile, request.spare_pairs)
     plan_json = mapped.plan.to_json()
     weights_sha256 = file_sha256(model_dir / recipe.weights_file)
-    session = ProgrammingSession(driver, mapped.targets(), array_chunks(mapped.plan), request.output, request.settings)
+    session = ProgrammingSession(driver, mapped.targets(), array_chunks(mapped.plan), request.output, request.settings, mapped.plan)
     header = {"model_sha256": weights_sha256, "plan_sha256": hashlib.sha256(plan_json.encode()).hexdigest()}
     result = session.run(header, resume=request.resume, progress=request.progress)
 
     info = driver.info()
     calibration = {}
     if request.calibration_vectors and "analog_mvm" in info.capabilities:
-        calibration = calibrate_columns(driver, mapped.plan, result.target_s, vectors=request.calibration_vectors)
+        placed = result.as_write_verify_result().targets
+        calibration = calibrate_columns(driver, mapped.plan, placed, vectors=request.calibration_vectors)
 
     programmed = with_weights(network, mapped.decode_weights(cells_to_pairs(mapped.plan, result.measured_s)))
     summary = {
@@ -65,7 +68,7 @@ def run_program(driver: ArrayDriver, request: ProgramRequest) -> ProgramOutcome:
         "scales": mapped.scales,
         "settings": request.settings.to_dict(),
         "mapping": {"layers": len(mapped.plan.layers), "cells": mapped.plan.cells_used, "tiles": len(mapped.plan.tiles),
-                    "arrays": mapped.plan.arrays_used},
+                    "arrays": mapped.plan.arrays_used, "spare_pairs_per_array": mapped.plan.spare_pairs},
         "programming": result.summary(),
         "calibration": calibration_summary(calibration) if calibration else None,
         "weight_relative_error": weight_error(mapped, network, programmed),

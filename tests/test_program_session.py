@@ -23,7 +23,14 @@ from cim_runtime.errors import ConfigError, DataError
 from cim_runtime.mapping import ConductanceWindow, array_chunks, cells_to_pairs, map_network
 from cim_runtime.programming.calibration import calibrate_columns, fit_lines
 from cim_runtime.programming.journal import Journal
-from cim_runtime.programming.session import STUCK, STUCK_COMPENSATED, ProgrammingSession, SessionSettings
+from cim_runtime.programming.session import (
+    COMPENSATING,
+    REMAPPED,
+    STUCK,
+    STUCK_COMPENSATED,
+    ProgrammingSession,
+    SessionSettings,
+)
 from cim_runtime.programming.state import load_state
 from cim_runtime.zoo import Recipe, build_network
 from cim_runtime.zoo.recipes import ClassEntry
@@ -45,16 +52,17 @@ def tiny_model(tmp_path_factory) -> Path:
     return folder
 
 
-def small_mapping(cols: int = 16):
+def small_mapping(cols: int = 16, spare_pairs: int = 0):
     torch.manual_seed(1)
     network = torch.nn.Sequential(torch.nn.Conv2d(2, 6, 3), torch.nn.Flatten(), torch.nn.Linear(6, 4))
     probe = SimulatorDriver("C4D1", rows=16, cols=cols, arrays=1)
     window = ConductanceWindow(*probe.cells.window_s())
-    return map_network(network, window, tile_rows=16, tile_cols=cols, array_rows=16, array_cols=cols)
+    return map_network(network, window, tile_rows=16, tile_cols=cols - 2 * spare_pairs, array_rows=16, array_cols=cols,
+                       spare_pairs=spare_pairs)
 
 
 def run_session(folder: Path, driver: SimulatorDriver, mapped, resume: bool = False, settings: SessionSettings = SessionSettings()):
-    session = ProgrammingSession(driver, mapped.targets(), array_chunks(mapped.plan), folder, settings)
+    session = ProgrammingSession(driver, mapped.targets(), array_chunks(mapped.plan), folder, settings, mapped.plan)
     return session.run({"test": 1}, resume=resume, progress=False)
 
 
@@ -135,13 +143,32 @@ def test_stuck_cells_are_compensated_by_their_pair(tmp_path):
     assert stuck is not None and (result.status == STUCK).sum() + compensated.size <= np.count_nonzero(stuck) + 2
 
 
+def test_columns_with_stuck_cells_move_to_spare_pairs(tmp_path):
+    nominal = make_profile("C4D1")
+    profile = replace(nominal, variation=replace(nominal.variation, stuck_max_fraction=0.02))
+    mapped = small_mapping(cols=32, spare_pairs=4)
+    with SimulatorDriver(profile, rows=16, cols=32, arrays=8, seed=4) as driver:
+        result = run_session(tmp_path, driver, mapped)
+    remapped = result.status == REMAPPED
+    in_spares = result.targets.col >= mapped.plan.spare_col_start
+    assert remapped.any()
+    assert np.all(in_spares[remapped])
+    # A spare pair can hold stuck cells too; the moved column's pairs then compensate them.
+    assert np.all(np.isin(result.status[in_spares], (REMAPPED, STUCK, STUCK_COMPENSATED, COMPENSATING)))
+    assert np.all(result.in_tolerance[remapped])
+    assert np.array_equal(result.target_s[remapped], mapped.targets().target_s[remapped])
+    addresses = set(zip(result.targets.array.tolist(), result.targets.row.tolist(), result.targets.col.tolist()))
+    assert len(addresses) == len(result.targets)
+    assert Journal.open(tmp_path / "journal.jsonl").records[-1]["kind"] == "remap"
+
+
 def test_calibration_of_ideal_devices_is_a_unit_line():
     mapped = small_mapping()
     with SimulatorDriver("ideal", rows=16, cols=16, arrays=8) as driver:
         targets = mapped.targets()
         driver_cells = driver.cells
         driver_cells.conductance_s[np.ravel_multi_index((targets.array, targets.row, targets.col), (8, 16, 16))] = targets.target_s
-        calibration = calibrate_columns(driver, mapped.plan, targets.target_s, vectors=8)
+        calibration = calibrate_columns(driver, mapped.plan, targets, vectors=8)
     assert np.allclose(calibration["gain"], 1.0, atol=1e-9)
     assert np.allclose(calibration["offset_a"], 0.0, atol=1e-15)
     expected = np.arange(12.0).reshape(4, 3)

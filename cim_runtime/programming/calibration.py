@@ -13,7 +13,7 @@ import numpy as np
 
 from cim_runtime.driver import ArrayDriver
 from cim_runtime.errors import ConfigError
-from cim_runtime.mapping import TilePlan
+from cim_runtime.mapping import CellTargets, TilePlan
 
 
 def fit_lines(expected: np.ndarray, measured: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -26,39 +26,44 @@ def fit_lines(expected: np.ndarray, measured: np.ndarray) -> tuple[np.ndarray, n
 
 
 def calibrate_columns(
-    driver: ArrayDriver, plan: TilePlan, target_s: np.ndarray, *, vectors: int = 16, seed: int = 0, read_voltage_v: float | None = None,
+    driver: ArrayDriver, plan: TilePlan, targets: CellTargets, *, vectors: int = 16, seed: int = 0, read_voltage_v: float | None = None,
 ) -> dict[str, np.ndarray]:
-    """Fit gain and offset of every used physical column, tile by tile, in plan order.
+    """Fit gain and offset of every physical column the plan's tiles use, tile by tile.
 
     Args:
-        target_s: the conductance each cell was programmed to, in :func:`~cim_runtime.mapping.cell_targets` order.
+        targets: every cell's address and programmed target, in plan order; addresses may differ
+            from the plan's where columns were moved to spares.
         vectors: test vectors per tile; at least 2.
 
     Returns:
-        ``gain`` (dimensionless) and ``offset_a`` (amperes), one entry per physical column of each tile.
+        Per calibrated column: ``tile`` (index into the plan), ``array``, ``col`` (physical column),
+        ``gain`` (dimensionless) and ``offset_a`` (amperes).
     """
     if vectors < 2:
         raise ConfigError(f"vectors={vectors} is invalid: a line fit needs at least 2 test vectors")
     info = driver.info()
     voltage_v = info.default_read_voltage_v if read_voltage_v is None else read_voltage_v
     rng = np.random.default_rng(seed)
-    gains, offsets = [], []
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in ("tile", "array", "col", "gain", "offset_a")}
     start = 0
-    for tile in plan.tiles:
+    for index, tile in enumerate(plan.tiles):
         stop = start + 2 * tile.rows * tile.cols
-        conductance_s = target_s[start:stop].reshape(tile.rows, 2 * tile.cols)
-        drive_v = rng.uniform(0.0, voltage_v, (vectors, tile.rows))
+        cols, column_of_cell = np.unique(targets.col[start:stop], return_inverse=True)
+        conductance_s = np.zeros((info.rows, cols.size))
+        conductance_s[targets.row[start:stop], column_of_cell] = targets.target_s[start:stop]
         voltages_v = np.zeros((vectors, info.rows))
-        voltages_v[:, tile.array_row : tile.array_row + tile.rows] = drive_v
-        measured_a = driver.mvm(voltages_v, array=tile.array)[:, tile.array_col : tile.array_col + 2 * tile.cols]
-        gain, offset = fit_lines(drive_v @ conductance_s, measured_a)
-        gains.append(gain)
-        offsets.append(offset)
+        voltages_v[:, tile.array_row : tile.array_row + tile.rows] = rng.uniform(0.0, voltage_v, (vectors, tile.rows))
+        measured_a = driver.mvm(voltages_v, array=tile.array)[:, cols]
+        gain, offset = fit_lines(voltages_v @ conductance_s, measured_a)
+        for name, values in (("tile", np.full(cols.size, index)), ("array", np.full(cols.size, tile.array)), ("col", cols),
+                             ("gain", gain), ("offset_a", offset)):
+            parts[name].append(values)
         start = stop
-    return {"gain": np.concatenate(gains), "offset_a": np.concatenate(offsets)}
+    return {name: np.concatenate(values) for name, values in parts.items()}
 
 
 def calibration_summary(calibration: dict[str, np.ndarray]) -> dict:
+    """Spread of the fitted gains and the largest offset, for reports."""
     gain, offset = calibration["gain"], calibration["offset_a"]
     return {"columns": int(gain.size), "gain_mean": float(gain.mean()), "gain_std": float(gain.std()),
             "gain_min": float(gain.min()), "gain_max": float(gain.max()), "offset_abs_max_a": float(np.abs(offset).max())}
