@@ -32,6 +32,10 @@ def add_command(commands, add_backend_options, output_folder, parse_tile) -> Non
     program.add_argument("--tolerance", type=float, default=WriteVerifyConfig.tolerance_rel,
                          help="write-verify band half-width as a fraction of the conductance window (default %(default)s)")
     program.add_argument("--scheme", choices=SCHEMES, default="amplitude-ramp", help="write-verify pulse scheme (default %(default)s)")
+    program.add_argument("--verify-reads", type=int, default=1, metavar="N",
+                         help="reads averaged into each verify value, after one discarded warm-up read when N > 1 (default %(default)s)")
+    program.add_argument("--confirm-reads", type=int, default=0, metavar="N",
+                         help="extra verify rounds a cell must read inside its band before it is accepted (default %(default)s)")
     program.add_argument("--retry-passes", type=int, default=1, help="passes that re-read every cell and reprogram the ones outside "
                                                                      "their band (default %(default)s)")
     program.add_argument("--no-compensation", action="store_true", help="do not re-target the partner of a stuck cell")
@@ -76,8 +80,9 @@ def command_program(args: argparse.Namespace, url: str) -> int:
     if not 0 < args.tolerance < 0.5:
         raise ConfigError(f"--tolerance {args.tolerance} is invalid: must be above 0 and below 0.5 (a fraction of the conductance window)")
     check_output_folder(args.output, OUTPUT_FILES)
-    settings = SessionSettings(WriteVerifyConfig(tolerance_rel=args.tolerance, scheme=args.scheme), retry_passes=args.retry_passes,
-                               compensate_pairs=not args.no_compensation)
+    write_verify = WriteVerifyConfig(tolerance_rel=args.tolerance, scheme=args.scheme, reads_per_verify=args.verify_reads,
+                                     discard_reads=1 if args.verify_reads > 1 else 0, confirm_reads=args.confirm_reads)
+    settings = SessionSettings(write_verify, retry_passes=args.retry_passes, compensate_pairs=not args.no_compensation)
     request = ProgramRequest(model_dir=args.model, output=args.output, tile=args.tile, spare_pairs=args.spare_pairs, settings=settings,
                              resume=args.resume, progress=not args.no_progress)
     with open_driver(simulator_state_url(url, args.output / "simulator")) as driver:
