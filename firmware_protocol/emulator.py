@@ -341,3 +341,18 @@ class PtyBoardServer:
         self.emulator.stop_event.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+
+
+def start_emulator(simulator, *, transport: str = "tcp", faults: LinkFaults = LinkFaults(), link_bytes_per_s: float | None = None,
+                   max_payload: int = 16384, link_path: str | os.PathLike | None = None) -> TcpBoardServer | PtyBoardServer:
+    """Serve a board backed by ``simulator`` in a daemon thread; call ``stop()`` on the result when done.
+
+    Args:
+        transport: ``tcp`` (a free port on 127.0.0.1) or ``pty``.
+    """
+    emulator = BoardEmulator(BoardFirmware(simulator, max_payload=max_payload), faults, link_bytes_per_s)
+    if transport == "tcp":
+        return TcpBoardServer(emulator).start()
+    if transport == "pty":
+        return PtyBoardServer(emulator, link_path).start()
+    raise ConfigError(f"transport={transport!r} is invalid: use 'tcp' or 'pty'")

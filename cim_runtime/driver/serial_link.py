@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import select
 import time
 
 import serial
@@ -18,8 +19,10 @@ from firmware_protocol.codec import DELIMITER, Frame, FrameError, FrameReader
 logger = logging.getLogger(__name__)
 traffic_logger = logging.getLogger(__name__ + ".traffic")
 
-#: Slice of one blocking port read, in seconds.
-POLL_S = 0.02
+#: Longest single wait for input, in seconds.
+POLL_S = 0.05
+#: Most bytes taken from the port per read.
+READ_BYTES = 1 << 16
 #: Longest a single write may block, in seconds.
 WRITE_TIMEOUT_S = 10.0
 
@@ -48,7 +51,9 @@ class FrameLink:
             TransportError: the port does not exist, is busy or refuses the connection.
         """
         try:
-            self._port = serial.serial_for_url(self.port_url, baudrate=self.baudrate, timeout=POLL_S,
+            # timeout=0 makes read() return what has arrived; _read_some waits with select() instead,
+            # because pyserial's socket:// in_waiting reports at most 1 byte.
+            self._port = serial.serial_for_url(self.port_url, baudrate=self.baudrate, timeout=0,
                                                write_timeout=WRITE_TIMEOUT_S, exclusive=True)
         except (serial.SerialException, OSError, ValueError) as exc:
             raise TransportError(f"cannot open {self.port_url}: {exc}; check the port name and that no other program holds it") from exc
@@ -95,7 +100,7 @@ class FrameLink:
         while not self._pending:
             if time.monotonic() >= deadline:
                 raise DeviceTimeoutError(f"no reply from {self.port_url} before the deadline")
-            self._pending.extend(self._reader.feed(self._read_some()))
+            self._pending.extend(self._reader.feed(self._read_some(min(POLL_S, deadline - time.monotonic()))))
         item = self._pending.popleft()
         if isinstance(item, FrameError):
             self.counters["bad_frames"] += 1
@@ -103,11 +108,12 @@ class FrameLink:
             traffic_logger.debug("%s RX type 0x%02X seq %d, %d payload bytes", self.port_url, item.message_type, item.seq, len(item.payload))
         return item
 
-    def _read_some(self) -> bytes:
+    def _read_some(self, wait_s: float) -> bytes:
         if self._port is None:
             raise TransportError(f"{self.port_url} is not open")
         try:
-            data = self._port.read(max(1, self._port.in_waiting))
+            ready, _, _ = select.select([self._port.fileno()], [], [], max(0.0, wait_s))
+            data = self._port.read(READ_BYTES) if ready else b""
         except (serial.SerialException, OSError) as exc:
             raise TransportError(f"read from {self.port_url} failed: {exc}") from exc
         self.counters["bytes_received"] += len(data)
