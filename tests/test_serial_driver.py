@@ -110,7 +110,7 @@ def test_write_verify_equals_simulator_with_same_seed(board):
 
 def test_noisy_link_programs_network_without_repeated_pulses(board, caplog):
     faults = LinkFaults(drop_rate=0.005, corrupt_rate=0.005, seed=11)
-    url, simulator = board(faults=faults, options="?frame_bytes=64&timeout_s=0.05&retries=60")
+    url, simulator = board(faults=faults, options="?frame_bytes=96&timeout_s=0.02&retries=60")
     caplog.set_level(logging.WARNING, logger="cim_runtime.driver.serial")
     with open_driver(url) as driver:
         targets = network_targets(driver.info())
