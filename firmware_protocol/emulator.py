@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import select
 import socket
 import threading
@@ -151,6 +152,9 @@ class BoardEmulator:
     def serve_link(self, receive, send) -> None:
         """Answer frames until the peer closes the link, a disconnect fault fires or :attr:`stop_event` is set.
 
+        A writer thread sends the replies, paced, while this loop keeps receiving, so the link carries
+        both directions at once as a UART does.
+
         Args:
             receive: ``receive() -> bytes``; returns b"" when nothing arrived within a short poll and raises
                 EOFError when the peer closed the link.
@@ -160,19 +164,30 @@ class BoardEmulator:
             _LinkDropped: a disconnect fault fired; the caller takes the link down and brings it back.
         """
         self._reader.reset()
-        send(DELIMITER)
-        while not self.stop_event.is_set():
-            try:
-                data = receive()
-            except EOFError:
-                return
-            if not data:
-                continue
-            self._rx_pacer.wait(len(data))
-            for item in self._reader.feed(self.to_board.apply(data)):
-                self._answer(item, send)
+        outbox: queue.Queue[bytes | None] = queue.Queue()
+        dropped = threading.Event()
+        writer = threading.Thread(target=self._write_replies, args=(outbox, send, dropped), name="board-emulator-tx", daemon=True)
+        writer.start()
+        outbox.put(DELIMITER)
+        try:
+            while not self.stop_event.is_set() and writer.is_alive():
+                try:
+                    data = receive()
+                except EOFError:
+                    return
+                if not data:
+                    continue
+                self._rx_pacer.wait(len(data))
+                for item in self._reader.feed(self.to_board.apply(data)):
+                    self._answer(item, outbox)
+        except _LinkDropped:
+            dropped.set()  # Bytes still queued are lost with the link.
+            raise
+        finally:
+            outbox.put(None)
+            writer.join(timeout=5)
 
-    def _answer(self, item, send) -> None:
+    def _answer(self, item, outbox: queue.Queue) -> None:
         if isinstance(item, Frame):
             self._frames += 1
             if item.message_type == MessageType.BATCH:
@@ -187,15 +202,22 @@ class BoardEmulator:
             logger.warning("emulator: dropping the link after frame %d (seq %d), before its reply", self._frames, item.seq)
             raise _LinkDropped()
         for reply in replies:
-            self._send_paced(reply, send)
+            outbox.put(reply)
 
-    def _send_paced(self, data: bytes, send) -> None:
-        data = self.to_host.apply(data)
-        self.to_host.hold()
-        for start in range(0, len(data), WRITE_CHUNK_BYTES):
-            chunk = data[start:start + WRITE_CHUNK_BYTES]
-            self._tx_pacer.wait(len(chunk))
-            send(chunk)
+    def _write_replies(self, outbox: queue.Queue, send, dropped: threading.Event) -> None:
+        while (data := outbox.get()) is not None:
+            if dropped.is_set():
+                continue
+            data = self.to_host.apply(data)
+            self.to_host.hold()
+            try:
+                for start in range(0, len(data), WRITE_CHUNK_BYTES):
+                    chunk = data[start:start + WRITE_CHUNK_BYTES]
+                    self._tx_pacer.wait(len(chunk))
+                    send(chunk)
+            except OSError as exc:
+                logger.info("emulator: write to the host failed (%s); the link is closing", exc)
+                return
 
 
 class TcpBoardServer:
@@ -255,10 +277,7 @@ class TcpBoardServer:
                 raise EOFError
             return data
 
-        try:
-            self.emulator.serve_link(receive, connection.sendall)
-        except (BrokenPipeError, ConnectionResetError):
-            logger.info("emulator: host closed the connection")
+        self.emulator.serve_link(receive, connection.sendall)
 
     def start(self) -> "TcpBoardServer":
         """Serve in a daemon thread and return self."""
