@@ -9,10 +9,9 @@ random sample of the targets of torchvision's ResNet-18 (1000 classes, random we
 each and the estimated time to program all of ResNet-18.
 
 The link limit counts only the record and result bytes the protocol must carry per cell (section 3.2 of
-firmware_protocol/SPEC.md), without framing. Commands and replies take turns on the link, so the
-stop-and-wait limit divides the link rate by the bytes in both directions. A pipelined protocol
-that sent and received at once could at best reach the full-duplex limit, which divides by the larger
-direction only.
+firmware_protocol/SPEC.md), without framing. The link carries both directions at once, so the limit
+divides the link rate by the bytes of the busier direction. The half-duplex figure, which divides by
+the bytes of both directions, is what a host reaches that waits for each reply before it sends again.
 """
 
 from __future__ import annotations
@@ -52,8 +51,8 @@ def link_limits(bytes_in_per_cell: float, bytes_out_per_cell: float, rate: float
     return {
         "bytes_per_cell_to_board": round(bytes_in_per_cell, 2),
         "bytes_per_cell_to_host": round(bytes_out_per_cell, 2),
-        "limit_stop_and_wait_cells_per_s": round(rate / (bytes_in_per_cell + bytes_out_per_cell)),
-        "limit_full_duplex_cells_per_s": round(rate / max(bytes_in_per_cell, bytes_out_per_cell)),
+        "limit_cells_per_s": round(rate / max(bytes_in_per_cell, bytes_out_per_cell)),
+        "limit_half_duplex_cells_per_s": round(rate / (bytes_in_per_cell + bytes_out_per_cell)),
     }
 
 
@@ -87,8 +86,8 @@ def run(path: str, targets: CellTargets, config: WriteVerifyConfig, rate: float,
     return {
         "cells_per_s": round(cells_per_s, 1),
         **limits,
-        "fraction_of_stop_and_wait_limit": round(cells_per_s / limits["limit_stop_and_wait_cells_per_s"], 3),
-        "fraction_of_full_duplex_limit": round(cells_per_s / limits["limit_full_duplex_cells_per_s"], 3),
+        "fraction_of_limit": round(cells_per_s / limits["limit_cells_per_s"], 3),
+        "fraction_of_half_duplex_limit": round(cells_per_s / limits["limit_half_duplex_cells_per_s"], 3),
         "time_s": round(elapsed_s, 2),
         "pulses_per_cell_mean": round(summary["pulses_per_cell_mean"], 2),
         "fraction_in_tolerance": summary["fraction_in_tolerance"],

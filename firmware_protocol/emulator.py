@@ -197,7 +197,7 @@ class BoardEmulator:
                     self._reader.reset()
                     time.sleep(self.faults.reset_s)
                     return
-        replies = self.firmware.handle(item)
+        replies = self.firmware.handle(item, outbox.put)
         if isinstance(item, Frame) and self._frames == self.faults.disconnect_at_frame:
             logger.warning("emulator: dropping the link after frame %d (seq %d), before its reply", self._frames, item.seq)
             raise _LinkDropped()

@@ -26,8 +26,10 @@ from firmware_protocol.messages import (
 logger = logging.getLogger(__name__)
 
 FIRMWARE_VERSION = (1, 0, 0)
-#: Commands whose replies the cache keeps; the host has at most one command outstanding.
+#: Commands whose replies the cache keeps; the host keeps at most 8 commands outstanding.
 REPLY_CACHE_SIZE = 16
+#: Batches staged at once, so that the host can upload the next batch while the last one runs.
+STAGED_BATCHES = 4
 _NAK_REASONS = {"crc": NakReason.CRC, "cobs": NakReason.COBS, "short": NakReason.SHORT,
                 "length": NakReason.LENGTH, "oversize": NakReason.OVERSIZE}
 _SCHEME_NAMES = {code: name for name, code in SCHEME_CODES.items()}
@@ -102,19 +104,28 @@ class BoardFirmware:
         self._operations = operations(info.rows, info.cols)
         # The cache lives in memory that a warm reset keeps (see SPEC.md, "Resets").
         self._cache: collections.OrderedDict[int, tuple[bytes, list[bytes]]] = collections.OrderedDict()
-        self._staging: _Staging | None = None
+        self._staging: collections.OrderedDict[int, _Staging] = collections.OrderedDict()
         self._reply_payload = 256
+        self._send_early = None
+        self._sent_early: bytes | None = None
         #: Commands executed, cache hits and malformed frames, for logs and tests.
         self.counters = collections.Counter()
 
     def warm_reset(self) -> None:
         """Model a watchdog reset: staged batches are lost, the reply cache and the arrays are kept."""
-        self._staging = None
+        self._staging.clear()
         self.counters["resets"] += 1
         logger.warning("board %s: warm reset, staged batch dropped", self.board_id)
 
-    def handle(self, item: Frame | FrameError) -> list[bytes]:
-        """Return the encoded reply frames for one received frame (or a NAK for a malformed one)."""
+    def handle(self, item: Frame | FrameError, send_early=None) -> list[bytes]:
+        """Return the encoded reply frames for one received frame (or a NAK for a malformed one).
+
+        Args:
+            send_early: ``send_early(frame)`` puts a frame on the link at once; PROGRAM uses it for the ACK
+                it sends before running. The returned list repeats that frame for the reply cache.
+        """
+        self._send_early = send_early
+        self._sent_early = None
         if isinstance(item, FrameError):
             self.counters["bad_frames"] += 1
             return [encode_frame(MessageType.NAK, 0xFFFF, Nak(_NAK_REASONS[item.reason]).pack())]
@@ -129,7 +140,7 @@ class BoardFirmware:
         self._cache.move_to_end(item.seq)
         while len(self._cache) > REPLY_CACHE_SIZE:
             self._cache.popitem(last=False)
-        return replies
+        return [reply for reply in replies if reply is not self._sent_early]
 
     def _execute(self, frame: Frame) -> list[bytes]:
         self.counters["commands"] += 1
@@ -153,21 +164,22 @@ class BoardFirmware:
             return [self._hello(frame)]
         if kind == MessageType.BATCH:
             header, data = BatchHeader.unpack_prefix(frame.payload)
-            if self._staging is None or self._staging.batch_id != header.batch_id:
-                self._staging = _Staging(header.batch_id, self.max_batch_bytes)
-            self._staging.put(header.byte_offset, data)
+            if header.batch_id not in self._staging:
+                self._staging[header.batch_id] = _Staging(header.batch_id, self.max_batch_bytes)
+                while len(self._staging) > STAGED_BATCHES:
+                    self._staging.popitem(last=False)
+            self._staging[header.batch_id].put(header.byte_offset, data)
             return [encode_frame(MessageType.ACK, frame.seq)]
         if kind == MessageType.EXECUTE:
             header, params = ExecuteHeader.unpack_prefix(frame.payload)
-            staging = self._staging
-            if staging is None or staging.batch_id != header.batch_id:
+            staging = self._staging.pop(header.batch_id, None)
+            if staging is None:
                 raise BoardError(ErrorCode.BATCH_UNKNOWN, f"batch {header.batch_id} is not staged; send its BATCH frames again")
             if not staging.complete(header.total_bytes) or len(staging.data) != header.total_bytes:
                 raise BoardError(ErrorCode.BATCH_INCOMPLETE, f"batch {header.batch_id} lacks bytes of its {header.total_bytes}; send it again")
-            self._staging = None
             return self._run(frame.seq, header.operation, params, bytes(staging.data))
         if kind == MessageType.ABORT:
-            self._staging = None
+            self._staging.clear()
             return [encode_frame(MessageType.ACK, frame.seq)]
         if kind in self._operations:
             operation = self._operations[MessageType(kind)]
@@ -196,13 +208,18 @@ class BoardFirmware:
         operation = self._operations[MessageType(kind)]
         params = operation.params.unpack(params_bytes)
         records = parse_records(record_bytes, operation.record)
+        # PROGRAM can run for seconds: an ACK first tells the host that it started.
+        accepted = [encode_frame(MessageType.ACK, seq)] if kind == MessageType.PROGRAM else []
+        if accepted and self._send_early is not None:
+            self._send_early(accepted[0])
+            self._sent_early = accepted[0]
         columns, summary = self._apply(operation.message_type, params, records)
         results = np.empty(len(records), dtype=operation.result)
         for name, values in columns.items():
             results[name] = values
         result_bytes = results.tobytes()
         step = self._reply_payload - ResultHeader.LAYOUT.size
-        frames = [encode_frame(MessageType.RESULT, seq, ResultHeader(offset).pack() + result_bytes[offset:offset + step])
+        frames = accepted + [encode_frame(MessageType.RESULT, seq, ResultHeader(offset).pack() + result_bytes[offset:offset + step])
                   for offset in range(0, len(result_bytes), step)]
         frames.append(encode_frame(MessageType.DONE, seq, DoneHeader(len(result_bytes)).pack() + summary))
         return frames

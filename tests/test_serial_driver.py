@@ -135,7 +135,7 @@ def test_reset_in_middle_of_batch_uploads_again(board, caplog):
         reference.pulse(rows, cols, 1.3, 1e-4)
         assert np.array_equal(driver.read_array(0), reference.read_array(0))
     assert simulator.pulses_applied == rows.size
-    assert any("lost batch" in record.getMessage() for record in caplog.records)
+    assert any("lost a staged batch" in record.getMessage() for record in caplog.records)
 
 
 @pytest.mark.parametrize("transport", ["tcp", "pty"])

@@ -42,6 +42,11 @@ URL_OPTIONS = {"baudrate", "timeout_s", "retries", "reconnect_s", "frame_bytes",
 SPY_OPTIONS = {"file", "color", "raw", "all"}
 #: Re-uploads of a batch that the board lost to a reset, before giving up.
 BATCH_ATTEMPTS = 3
+#: Commands the host keeps outstanding at once. It stays below the board's reply cache of 16 commands,
+#: so a retransmitted command always finds its reply there.
+WINDOW = 8
+#: Cells per on-board PROGRAM run; several runs let targets go up while results come down.
+PROGRAM_GROUP_CELLS = 2048
 
 
 class BoardArgumentError(DeviceReportedError, ConfigError):
@@ -72,9 +77,14 @@ class _Reply:
         self.data = bytearray(result_bytes)
         self._spans: list[tuple[int, int]] = []
         self.payload: bytes | None = None
+        #: True once the board acknowledged a long operation (PROGRAM) and started running it.
+        self.started = False
 
     def accept(self, frame: Frame) -> bool:
         """Take one frame that echoes the command's sequence number; return True when the reply is complete."""
+        if frame.message_type == MessageType.ACK and self.kind == MessageType.DONE:
+            self.started = True
+            return False
         if frame.message_type == MessageType.RESULT and self.kind == MessageType.DONE:
             header, chunk = ResultHeader.unpack_prefix(frame.payload)
             end = header.byte_offset + len(chunk)
@@ -103,6 +113,24 @@ class _Reply:
                 return False
             covered = max(covered, end)
         return covered >= len(self.data)
+
+
+class _Command:
+    """One command frame and the reply it collects."""
+
+    def __init__(self, kind: MessageType, seq: int, payload: bytes, reply: _Reply, *, transfer_s: float,
+                 barrier: bool = False, run_wait_s: float = 0.0):
+        self.kind = kind
+        self.seq = seq
+        self.frame = encode_frame(kind, seq, payload)
+        self.reply = reply
+        #: Link time of the command and its reply, in seconds.
+        self.transfer_s = transfer_s
+        #: Send only when every earlier command is complete (EXECUTE must follow all of its BATCH frames).
+        self.barrier = barrier
+        #: How long the board may run after acknowledging the command, in seconds.
+        self.run_wait_s = run_wait_s
+        self.complete = False
 
 
 def _raise_board_error(frame: Frame) -> None:
@@ -164,12 +192,14 @@ class SerialDriver(ArrayDriver):
         """Traffic and recovery counts: bytes, bad frames, NAKs, stale replies, retransmissions, reconnects."""
         return dict(self._link.counters)
 
-    def program(self, targets, config=None, *, progress: bool = False):
+    def program(self, targets, config=None, *, group_cells: int = PROGRAM_GROUP_CELLS):
         """Run write-verify on the board itself and return a ``WriteVerifyResult``.
 
-        Only the targets and the per-cell results cross the link. The board uses its own pulse law for
-        the adaptive scheme. A target list larger than the board's batch memory is programmed in
-        several runs.
+        Only the targets and the per-cell results cross the link. The board runs write-verify on groups of
+        ``group_cells`` cells (fewer where its batch memory is smaller), and the host uploads the next
+        group while the results of the last one come back. Pass ``group_cells=len(targets)`` for one
+        run, whose outcome then equals that of host-side write-verify on the same board. The board
+        uses its own pulse law for the adaptive scheme.
 
         Raises:
             ConfigError: the board lacks the ``onboard_program`` capability or ``config`` does not fit the protocol.
@@ -189,7 +219,8 @@ class SerialDriver(ArrayDriver):
         for name, values in (("array", targets.array), ("row", targets.row), ("col", targets.col), ("target_s", targets.target_s)):
             records[name] = values
         started = time.monotonic()
-        results, summaries = self._run_operation(operation, ProgramParams(**settings), records, extra_wait_s=config.max_time_s)
+        results, summaries = self._run_operation(operation, ProgramParams(**settings), records, run_wait_s=config.max_time_s,
+                                                 group_records=group_cells)
         parsed = [ProgramSummary.unpack(summary) for summary in summaries]
         return WriteVerifyResult(
             targets, results["measured_s"].astype(np.float64), results["pulses"].astype(np.int32),
@@ -246,101 +277,145 @@ class SerialDriver(ArrayDriver):
         records["col"] = cols.ravel()
         return records
 
-    def _run_operation(self, operation: Operation, params, records: np.ndarray, *, extra_wait_s: float = 0.0):
-        """Run ``operation`` on ``records``; return the result records and the DONE summaries, one per run."""
-        per_run = max(1, self.hello.max_batch_bytes // max(1, operation.record.itemsize))
-        results, summaries = [], []
-        for start in range(0, max(1, len(records)), per_run):
-            part = records[start:start + per_run]
-            result, summary = self._run_once(operation, params, part.tobytes(), len(part), extra_wait_s)
-            results.append(parse_records(result, operation.result) if operation.result.itemsize else np.zeros(0, operation.result))
-            summaries.append(summary)
-        return np.concatenate(results), summaries
+    def _run_operation(self, operation: Operation, params, records: np.ndarray, *, run_wait_s: float = 0.0,
+                       group_records: int | None = None):
+        """Run ``operation`` on ``records``; return the result records and the DONE summaries, one per run.
 
-    def _run_once(self, operation: Operation, params, record_bytes: bytes, count: int, extra_wait_s: float) -> tuple[bytes, bytes]:
-        wait_s = extra_wait_s + (len(record_bytes) + count * operation.result.itemsize) / self.link_bytes_per_s
-        reply = _Reply(MessageType.DONE, count * operation.result.itemsize)
+        Records that exceed the board's batch memory, or ``group_records``, run in several groups.
+        """
+        per_run = max(1, self.hello.max_batch_bytes // max(1, operation.record.itemsize))
+        if group_records is not None:
+            per_run = min(per_run, group_records)
+        groups = [records[start:start + per_run] for start in range(0, max(1, len(records)), per_run)]
+        plans: dict[int, list[_Command]] = {}
+        pending = list(range(len(groups)))
+        for attempt in range(1, BATCH_ATTEMPTS + 1):
+            for group in pending:
+                plans[group] = self._plan(operation, params, groups[group], run_wait_s)
+            try:
+                self._exchange([command for group in pending for command in plans[group]])
+                break
+            except _BatchLost as exc:
+                pending = [group for group in pending if not plans[group][-1].complete]
+                logger.warning("board %s lost a staged batch (%s); uploading %d group(s) again, attempt %d of %d",
+                               self._info.identity, exc, len(pending), attempt + 1, BATCH_ATTEMPTS)
+        else:
+            raise ProtocolError(f"board {self._info.identity} lost staged batches {BATCH_ATTEMPTS} times; check its power and reset line")
+        done = [plans[group][-1].reply for group in range(len(groups))]
+        results = [parse_records(bytes(reply.data), operation.result) for reply in done]
+        return np.concatenate(results), [bytes(reply.payload) for reply in done]
+
+    def _plan(self, operation: Operation, params, records: np.ndarray, run_wait_s: float) -> list[_Command]:
+        """Build the commands of one run: the operation in one frame, or BATCH frames and EXECUTE."""
+        record_bytes = records.tobytes()
+        result_bytes = len(records) * operation.result.itemsize
+        reply = _Reply(MessageType.DONE, result_bytes)
+        result_s = result_bytes / self.link_bytes_per_s
         single = params.pack() + record_bytes
         if len(single) <= self._frame_bytes:
-            summary = self._command(operation.message_type, single, reply, wait_s)
-            return bytes(reply.data), summary
-        for attempt in range(1, BATCH_ATTEMPTS + 1):
-            batch_id = next(self._batch_ids) & 0xFFFF
-            step = self._frame_bytes - BatchHeader.LAYOUT.size
-            for offset in range(0, len(record_bytes), step):
-                payload = BatchHeader(batch_id, offset).pack() + record_bytes[offset:offset + step]
-                self._command(MessageType.BATCH, payload, _Reply(MessageType.ACK))
-            execute = ExecuteHeader(batch_id, operation.message_type, len(record_bytes)).pack() + params.pack()
-            try:
-                summary = self._command(MessageType.EXECUTE, execute, reply, wait_s)
-                return bytes(reply.data), summary
-            except _BatchLost as exc:
-                logger.warning("board %s lost batch %d (%s); uploading it again, attempt %d of %d",
-                               self._info.identity, batch_id, exc, attempt + 1, BATCH_ATTEMPTS)
-        raise ProtocolError(f"board {self._info.identity} lost batch {batch_id} {BATCH_ATTEMPTS} times; check its power and reset line")
+            return [self._new_command(operation.message_type, single, reply, result_s, run_wait_s=run_wait_s)]
+        batch_id = next(self._batch_ids) & 0xFFFF
+        step = self._frame_bytes - BatchHeader.LAYOUT.size
+        commands = [self._new_command(MessageType.BATCH, BatchHeader(batch_id, offset).pack() + record_bytes[offset:offset + step],
+                                      _Reply(MessageType.ACK), 0.0)
+                    for offset in range(0, len(record_bytes), step)]
+        execute = ExecuteHeader(batch_id, operation.message_type, len(record_bytes)).pack() + params.pack()
+        commands.append(self._new_command(MessageType.EXECUTE, execute, reply, result_s, barrier=True, run_wait_s=run_wait_s))
+        return commands
 
-    # One command with retransmission.
+    def _new_command(self, kind: MessageType, payload: bytes, reply: _Reply, reply_s: float, **options) -> _Command:
+        transfer_s = (len(payload) + 16) / self.link_bytes_per_s + reply_s
+        return _Command(kind, next(self._seq) & 0xFFFF, payload, reply, transfer_s=transfer_s, **options)
 
-    def _command(self, kind: MessageType, payload: bytes, reply: _Reply, wait_s: float = 0.0) -> bytes:
-        """Send one command and return its reply payload (for DONE, the operation summary; data in ``reply``)."""
-        seq = next(self._seq) & 0xFFFF
-        frame = encode_frame(kind, seq, payload)
-        retrying = Retrying(
-            stop=stop_after_attempt(self.retries + 1), retry=retry_if_exception(_is_retryable),
-            before_sleep=lambda state: self._note_retry(kind, seq, state), reraise=True,
-        )
+    # Sending commands, with retransmission.
+
+    def _exchange(self, commands: list[_Command]) -> None:
+        """Send ``commands`` in order, up to :data:`WINDOW` at a time, and collect every reply.
+
+        After a timeout, a NAK, missing RESULT frames or a lost link, every command without a complete
+        reply is sent again with its own sequence number, and the board answers those it already ran
+        from its reply cache. The exchange fails after ``retries`` retransmissions in a row without a
+        command completing.
+        """
+        failures = 0
+
+        def give_up(state) -> bool:
+            nonlocal failures
+            failures += 1
+            return failures > self.retries
+
+        def made_progress() -> None:
+            nonlocal failures
+            failures = 0
+
+        retrying = Retrying(stop=give_up, retry=retry_if_exception(_is_retryable), before_sleep=self._note_retry, reraise=True)
         for attempt in retrying:
             with attempt:
                 if not self._link.is_open:
                     self._reconnect()
-                self._link.send(frame)
-                self._await(seq, reply, wait_s + self.timeout_s + len(frame) / self.link_bytes_per_s)
-        return bytes(reply.payload)
+                self._pump([command for command in commands if not command.complete], made_progress)
 
-    def _note_retry(self, kind: MessageType, seq: int, state) -> None:
+    def _note_retry(self, state) -> None:
         error = state.outcome.exception()
         self._link.counters["retransmissions"] += 1
         if isinstance(error, DeviceTimeoutError):
             self._link.counters["timeouts"] += 1
         elif isinstance(error, TransportError):
             self._link.close()
-        logger.warning("%s seq %d: %s; retransmitting (attempt %d of %d)", kind.name, seq, error, state.attempt_number + 1,
-                       self.retries + 1)
+        logger.warning("%s; retransmitting the commands without a complete reply (try %d, at most %d in a row)",
+                       error, state.attempt_number + 1, self.retries + 1)
 
-    def _await(self, seq: int, reply: _Reply, first_wait_s: float) -> None:
+    def _pump(self, commands: list[_Command], made_progress) -> None:
         frame_wait_s = self.timeout_s + (self._frame_bytes + 16) / self.link_bytes_per_s
-        deadline = time.monotonic() + first_wait_s
-        while True:
+        outstanding: dict[int, _Command] = {}
+        position = 0
+        deadline = 0.0
+        while position < len(commands) or outstanding:
+            while position < len(commands) and len(outstanding) < WINDOW and not (commands[position].barrier and outstanding):
+                command = commands[position]
+                self._link.send(command.frame)
+                outstanding[command.seq] = command
+                position += 1
+                pending_s = sum(item.transfer_s for item in outstanding.values())
+                deadline = max(deadline, time.monotonic() + self.timeout_s + pending_s)
             item = self._link.receive(deadline)
-            if isinstance(item, FrameError):
-                # The damaged frame may have been the last reply: wait one frame time more, then ask again.
+            if isinstance(item, FrameError) or item.message_type == MessageType.NAK:
+                if not isinstance(item, FrameError):
+                    self._link.counters["naks"] += 1
+                    if len(outstanding) == 1 and position == len(commands):
+                        raise _Retransmit("the board sent a NAK")
+                    # The NAK does not say which command was damaged; the oldest one without a reply is the
+                    # likeliest, and the board answers it from its cache if it was not. Commands in flight
+                    # never depend on each other's order: an EXECUTE waits until every earlier command is done.
+                    self._link.send(next(iter(outstanding.values())).frame)
+                    self._link.counters["retransmissions"] += 1
+                # A damaged frame may have been the last reply: collect what else arrives, then send the rest again.
                 deadline = min(deadline, time.monotonic() + frame_wait_s)
                 continue
-            if item.message_type == MessageType.NAK and item.seq in (seq, 0xFFFF):
-                self._link.counters["naks"] += 1
-                raise _Retransmit("the board sent a NAK")
-            if item.seq != seq:
+            command = outstanding.get(item.seq)
+            if command is None:
                 self._link.counters["stale_replies"] += 1
-                logger.debug("dropped a stale reply: type 0x%02X seq %d while waiting for seq %d", item.message_type, item.seq, seq)
+                logger.debug("dropped a stale reply: type 0x%02X seq %d", item.message_type, item.seq)
                 continue
             if item.message_type == MessageType.ERROR:
                 _raise_board_error(item)
-            if reply.accept(item):
-                return
-            deadline = time.monotonic() + frame_wait_s
+            if command.reply.accept(item):
+                command.complete = True
+                del outstanding[item.seq]
+                made_progress()
+            run_wait_s = command.run_wait_s if command.reply.started and not command.complete else 0.0
+            deadline = max(deadline, time.monotonic() + frame_wait_s + run_wait_s)
 
     # Handshake and reconnection.
 
     def _handshake(self) -> HelloReply:
-        reply = _Reply(MessageType.HELLO_REPLY)
-        seq = next(self._seq) & 0xFFFF
-        frame = encode_frame(MessageType.HELLO, seq, Hello(PROTOCOL_VERSION, self._frame_bytes_requested).pack())
+        command = self._new_command(MessageType.HELLO, Hello(PROTOCOL_VERSION, self._frame_bytes_requested).pack(),
+                                    _Reply(MessageType.HELLO_REPLY), HelloReply.LAYOUT.size / self.link_bytes_per_s)
         for attempt in Retrying(stop=stop_after_attempt(self.retries + 1), retry=retry_if_exception_type((DeviceTimeoutError, _Retransmit)),
                                 reraise=True):
             with attempt:
-                self._link.send(frame)
-                self._await(seq, reply, self.timeout_s)
-        hello = HelloReply.unpack(reply.payload)
+                self._pump([command], lambda: None)
+        hello = HelloReply.unpack(command.reply.payload)
         if hello.protocol_version != PROTOCOL_VERSION:
             raise ProtocolError(f"the board speaks protocol version {hello.protocol_version}, this host {PROTOCOL_VERSION}; "
                                 "update the firmware or cim-runtime")
