@@ -68,7 +68,7 @@ def encode_frame(message_type: int, seq: int, payload: bytes = b"", *, version: 
     if len(payload) > MAX_PAYLOAD:
         raise ProtocolError(f"payload of {len(payload)} bytes is too long: the limit is {MAX_PAYLOAD} bytes")
     if not (0 <= message_type <= 0xFF and 0 <= seq <= 0xFFFF and 0 <= version <= 0xFF):
-        raise ProtocolError(f"header field out of range: version={version}, type={message_type}, seq={seq}")
+        raise ProtocolError(f"header field is invalid: version={version} and type={message_type} must be 0 to 255, seq={seq} 0 to 65535")
     body = HEADER.pack(version, message_type, seq, len(payload)) + payload
     return cobs.encode(body + CRC.pack(crc16_ccitt_false(body))) + DELIMITER
 
@@ -90,10 +90,10 @@ def decode_frame(encoded: bytes) -> Frame:
     body, (received_crc,) = raw[:-CRC.size], CRC.unpack(raw[-CRC.size:])
     computed_crc = crc16_ccitt_false(body)
     if received_crc != computed_crc:
-        raise FrameError("crc", f"CRC mismatch: frame carries 0x{received_crc:04X}, content gives 0x{computed_crc:04X}")
+        raise FrameError("crc", f"CRC mismatch: frame carries 0x{received_crc:04X}, computed 0x{computed_crc:04X}")
     version, message_type, seq, length = HEADER.unpack_from(body)
     if length != len(body) - HEADER.size:
-        raise FrameError("length", f"length field says {length} payload bytes but the frame holds {len(body) - HEADER.size}")
+        raise FrameError("length", f"length field is {length} bytes but the frame carries {len(body) - HEADER.size} payload bytes")
     return Frame(version, message_type, seq, bytes(body[HEADER.size:]))
 
 
@@ -101,8 +101,9 @@ class FrameReader:
     """Split a byte stream into frames at each delimiter.
 
     :meth:`feed` never raises on bad input. A malformed frame is counted and skipped, and decoding
-    resumes at the next delimiter, so garbage costs at most the frame it touches. A run of bytes longer
-    than any valid frame is dropped without being stored, which bounds memory.
+    resumes at the next delimiter. A damaged byte thus costs the frame it sits in, or two frames where
+    it hits a delimiter. A run of bytes longer than any valid frame is dropped without being stored,
+    which bounds memory.
     """
 
     def __init__(self) -> None:

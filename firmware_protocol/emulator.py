@@ -1,9 +1,9 @@
 """Board emulator: the firmware of firmware.py served over a pseudo-terminal or a loopback TCP socket.
 
-The link can be paced to a byte rate (a UART at 921,600 baud with 8N1 framing carries 92,160 bytes per
-second) and can inject faults into the bytes in both directions: drops, corruption, duplicates and
-delays, a warm reset of the board in the middle of a batch, and a disconnect followed by a return.
-The TCP server binds to 127.0.0.1 only.
+The link can be paced to a byte rate: a UART at 921,600 baud with 8N1 framing carries 92,160 bytes per
+second. The emulator can drop, corrupt, duplicate and delay bytes in both directions. It can also
+reset the board in the middle of a batch, and drop the link and bring it back. The TCP server binds
+to 127.0.0.1 only.
 """
 
 from __future__ import annotations

@@ -102,13 +102,13 @@ class BoardFirmware:
         self.boot_id = random.SystemRandom().getrandbits(32)
         info = simulator.info()
         self._operations = operations(info.rows, info.cols)
-        # The cache lives in memory that a warm reset keeps (see SPEC.md, "Resets").
+        # The cache survives a warm reset, as retained RAM on a board would.
         self._cache: collections.OrderedDict[int, tuple[bytes, list[bytes]]] = collections.OrderedDict()
         self._staging: collections.OrderedDict[int, _Staging] = collections.OrderedDict()
         self._reply_payload = 256
         self._send_early = None
         self._sent_early: bytes | None = None
-        #: Commands executed, cache hits and malformed frames, for logs and tests.
+        #: Commands executed, cache hits, malformed frames, errors and resets, for logs and tests.
         self.counters = collections.Counter()
 
     def warm_reset(self) -> None:
@@ -122,7 +122,8 @@ class BoardFirmware:
 
         Args:
             send_early: ``send_early(frame)`` puts a frame on the link at once; PROGRAM uses it for the ACK
-                it sends before running. The returned list repeats that frame for the reply cache.
+                it sends before running. The returned list leaves out a frame sent early, and the reply cache
+                keeps it.
         """
         self._send_early = send_early
         self._sent_early = None

@@ -98,7 +98,7 @@ def build() -> dict:
 
 
 def _bad_length() -> bytes:
-    """A frame whose length field says 5 while it carries 2 payload bytes, with a valid CRC."""
+    """Return a frame whose length field is 5 while it carries 2 payload bytes, with a valid CRC."""
     from cobs import cobs
 
     from firmware_protocol.codec import CRC, HEADER, crc16_ccitt_false

@@ -1,14 +1,14 @@
 """Message types and payload layouts of the board protocol (SPEC.md in this package).
 
-Fixed fields are packed with :mod:`struct`; the per-cell records of an operation, which may number in the
-millions, are numpy structured arrays with little-endian fields so that they pack without a Python loop.
+Fixed fields are packed with :mod:`struct`. The per-cell records of an operation may number in the
+millions, so they are numpy structured arrays with little-endian fields, which pack without a Python loop.
 """
 
 from __future__ import annotations
 
 import enum
 import struct
-from dataclasses import astuple, dataclass, fields
+from dataclasses import astuple, dataclass
 
 import numpy as np
 
@@ -264,22 +264,20 @@ class Operation:
     record: np.dtype
     result: np.dtype
     summary: type[_Packed] | None
-    #: True when running it twice has the same effect as once (reads); pulses are never idempotent.
-    idempotent: bool
 
 
 def operations(rows: int, cols: int) -> dict[MessageType, Operation]:
     """Return the operation layouts for an array of ``rows`` x ``cols`` (MVM records depend on both)."""
     pulse_record = np.dtype(_CELL + [("amplitude_v", "<f8"), ("width_s", "<f8")])
     return {
-        MessageType.READ: Operation(MessageType.READ, ReadParams, np.dtype(_CELL), _CONDUCTANCE, None, True),
-        MessageType.PULSE: Operation(MessageType.PULSE, PulseParams, pulse_record, np.dtype([]), None, False),
-        MessageType.PULSE_READ: Operation(MessageType.PULSE_READ, PulseReadParams, pulse_record, _CONDUCTANCE, None, False),
+        MessageType.READ: Operation(MessageType.READ, ReadParams, np.dtype(_CELL), _CONDUCTANCE, None),
+        MessageType.PULSE: Operation(MessageType.PULSE, PulseParams, pulse_record, np.dtype([]), None),
+        MessageType.PULSE_READ: Operation(MessageType.PULSE_READ, PulseReadParams, pulse_record, _CONDUCTANCE, None),
         MessageType.MVM: Operation(MessageType.MVM, MvmParams, np.dtype([("voltage_v", "<f8", (rows,))]),
-                                   np.dtype([("current_a", "<f8", (cols,))]), None, True),
+                                   np.dtype([("current_a", "<f8", (cols,))]), None),
         MessageType.PROGRAM: Operation(MessageType.PROGRAM, ProgramParams, np.dtype(_CELL + [("target_s", "<f8")]),
                                        np.dtype([("measured_s", "<f8"), ("pulses", "<u2"), ("in_tolerance", "u1")]),
-                                       ProgramSummary, False),
+                                       ProgramSummary),
     }
 
 
@@ -296,8 +294,3 @@ def parse_records(data: bytes, dtype: np.dtype) -> np.ndarray:
     if len(data) % dtype.itemsize:
         raise ProtocolError(f"{len(data)} bytes is not a whole number of {dtype.itemsize}-byte records")
     return np.frombuffer(data, dtype=dtype)
-
-
-def field_names(message: type[_Packed]) -> list[str]:
-    """Return the field names of a packed message, in wire order."""
-    return [item.name for item in fields(message)]

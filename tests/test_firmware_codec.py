@@ -95,7 +95,8 @@ def test_reader_bounds_a_stream_without_delimiters():
     reader = FrameReader()
     assert reader.feed(b"\x01" * (MAX_ENCODED + 10)) == []
     items = reader.feed(DELIMITER + encode_frame(MessageType.ACK, 3))
-    assert isinstance(items[0], FrameError) and items[0].reason == "oversize"
+    assert isinstance(items[0], FrameError)
+    assert items[0].reason == "oversize"
     assert items[1] == Frame(PROTOCOL_VERSION, MessageType.ACK, 3, b"")
 
 

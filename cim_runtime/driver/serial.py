@@ -5,7 +5,7 @@ URL grammar (quote it in a shell, because ``&`` ends a command there):
 * ``serial:///dev/ttyACM0?baudrate=921600`` opens a serial port (a USB board or a pty of the emulator).
 * ``socket://127.0.0.1:5555`` opens a TCP connection (the emulator's ``--tcp`` mode).
 * ``spy:///dev/ttyACM0?file=dump.txt`` opens a serial port through pyserial's ``spy://`` wrapper, which
-  writes a hex dump of all traffic; its own options ``file``, ``color``, ``raw`` and ``all`` pass through.
+  writes a hex dump of all traffic. Its own options ``file``, ``color``, ``raw`` and ``all`` pass through.
 
 Options of every form: ``baudrate`` (default 921600), ``timeout_s`` (wait for a reply frame, default 1),
 ``retries`` (retransmissions of one command, default 8), ``reconnect_s`` (how long to try to reopen the
@@ -54,7 +54,7 @@ class BoardArgumentError(DeviceReportedError, ConfigError):
 
 
 class BoardChangedError(TransportError):
-    """After a reconnect, another board or a power-cycled one answered; the last command's fate is unknown."""
+    """After a reconnect, another board or a power-cycled one replied; whether the last command ran is unknown."""
 
 
 def _is_retryable(error: BaseException) -> bool:
@@ -141,7 +141,11 @@ def _raise_board_error(frame: Frame) -> None:
         raise _BatchLost(text)
     if code in (ErrorCode.LIMIT, ErrorCode.INVALID_ARGUMENT):
         raise BoardArgumentError(code, text)
-    raise DeviceReportedError(code, f"{ErrorCode(code).name if code in ErrorCode._value2member_map_ else 'unknown'}: {text}")
+    try:
+        name = ErrorCode(code).name
+    except ValueError:
+        name = "unknown code"
+    raise DeviceReportedError(code, f"{name}: {text}")
 
 
 class SerialDriver(ArrayDriver):
@@ -157,9 +161,10 @@ class SerialDriver(ArrayDriver):
     def __init__(self, port_url: str, *, baudrate: int = DEFAULT_BAUDRATE, timeout_s: float = 1.0, retries: int = 8,
                  reconnect_s: float = 10.0, frame_bytes: int | None = None, link_bytes_per_s: float | None = None):
         super().__init__()
-        if timeout_s <= 0 or retries < 0 or reconnect_s < 0:
-            raise ConfigError(f"timeout_s={timeout_s}, retries={retries} and reconnect_s={reconnect_s} must be above 0, "
-                              "at least 0 and at least 0")
+        if timeout_s <= 0:
+            raise ConfigError(f"timeout_s={timeout_s} is invalid: must be above 0 seconds")
+        if retries < 0 or reconnect_s < 0:
+            raise ConfigError(f"retries={retries} and reconnect_s={reconnect_s} are invalid: each must be at least 0")
         if frame_bytes is not None and not 64 <= frame_bytes <= MAX_PAYLOAD:
             raise ConfigError(f"frame_bytes={frame_bytes} is invalid: must be between 64 and {MAX_PAYLOAD} inclusive")
         self.timeout_s = timeout_s
@@ -384,9 +389,9 @@ class SerialDriver(ArrayDriver):
                     self._link.counters["naks"] += 1
                     if len(outstanding) == 1 and position == len(commands):
                         raise _Retransmit("the board sent a NAK")
-                    # The NAK does not say which command was damaged; the oldest one without a reply is the
-                    # likeliest, and the board answers it from its cache if it was not. Commands in flight
-                    # never depend on each other's order: an EXECUTE waits until every earlier command is done.
+                    # A NAK does not name the damaged command. The oldest one without a reply is the likeliest,
+                    # and if it arrived intact the board replies from its cache. Resending it out of order is
+                    # safe, because an EXECUTE waits until every earlier command is done.
                     self._link.send(next(iter(outstanding.values())).frame)
                     self._link.counters["retransmissions"] += 1
                 # A damaged frame may have been the last reply: collect what else arrives, then send the rest again.
@@ -434,7 +439,7 @@ class SerialDriver(ArrayDriver):
                 hello = self._handshake()
         if (hello.board_id, hello.boot_id) != (self.hello.board_id, self.hello.boot_id):
             self._link.close()
-            raise BoardChangedError(f"a different board, or the same board after a power cycle, answered on {self._link.port_url} "
+            raise BoardChangedError(f"a different board, or the same board after a power cycle, replied on {self._link.port_url} "
                                  f"(boot id {hello.boot_id:#x}, was {self.hello.boot_id:#x}); whether the last command ran is "
                                  "unknown, so reopen the driver and read the cells back")
         logger.warning("reconnected to %s", self._info.identity)

@@ -19,11 +19,11 @@ from firmware_protocol.codec import DELIMITER, Frame, FrameError, FrameReader
 logger = logging.getLogger(__name__)
 traffic_logger = logging.getLogger(__name__ + ".traffic")
 
-#: Longest single wait for input, in seconds.
+#: Maximum wait for input per poll, in seconds.
 POLL_S = 0.05
 #: Most bytes taken from the port per read.
 READ_BYTES = 1 << 16
-#: Longest a single write may block, in seconds.
+#: Maximum time a single write may block, in seconds.
 WRITE_TIMEOUT_S = 10.0
 
 
@@ -56,7 +56,7 @@ class FrameLink:
             self._port = serial.serial_for_url(self.port_url, baudrate=self.baudrate, timeout=0,
                                                write_timeout=WRITE_TIMEOUT_S, exclusive=True)
         except (serial.SerialException, OSError, ValueError) as exc:
-            raise TransportError(f"cannot open {self.port_url}: {exc}; check the port name and that no other program holds it") from exc
+            raise TransportError(f"opening {self.port_url} failed: {exc}; check the port name and that no other program uses it") from exc
         self.discard_input()
         logger.info("opened %s at %d baud", self.port_url, self.baudrate)
 

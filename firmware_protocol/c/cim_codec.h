@@ -39,8 +39,8 @@ uint16_t cim_crc16(const uint8_t *data, size_t length);
  * The output has no zero byte and no trailing delimiter. */
 size_t cim_cobs_encode(const uint8_t *data, size_t length, uint8_t *out, size_t capacity);
 
-/* Decode COBS bytes (without the delimiter); returns the decoded length, or -1 when the input is
- * invalid (a zero byte or a code that runs past the end) or `capacity` is too small. */
+/* Decode COBS bytes (without the delimiter) and return the decoded length. Returns -1 when the input
+ * is invalid (a zero byte, or a code that runs past the end) or when `capacity` is too small. */
 long cim_cobs_decode(const uint8_t *data, size_t length, uint8_t *out, size_t capacity);
 
 /* Build a whole frame, delimiter included, into `out`; returns its length or 0 when it does not fit.

@@ -14,12 +14,12 @@
 static int failures;
 static int checks;
 
-static void check(int condition, const char *section, const char *what, int index)
+static void check(int condition, const char *section, const char *description, int index)
 {
     checks++;
     if (!condition) {
         failures++;
-        fprintf(stderr, "FAIL %s[%d]: %s\n", section, index, what);
+        fprintf(stderr, "FAIL %s[%d]: %s\n", section, index, description);
     }
 }
 
@@ -184,12 +184,12 @@ static void test_invalid(const char *json)
         size_t length = hex_of(start, end, "encoded_hex", data);
         struct cim_frame frame;
         int status = cim_frame_decode(data, length, scratch, sizeof scratch, &frame);
-        int wanted;
+        int expected_status;
 
         string_of(start, end, "error", error, sizeof error);
-        wanted = strcmp(error, "crc") == 0 ? CIM_ERR_CRC : strcmp(error, "short") == 0 ? CIM_ERR_SHORT
+        expected_status = strcmp(error, "crc") == 0 ? CIM_ERR_CRC : strcmp(error, "short") == 0 ? CIM_ERR_SHORT
                  : strcmp(error, "cobs") == 0 ? CIM_ERR_COBS : CIM_ERR_LENGTH;
-        check(status == wanted, "invalid", error, index++);
+        check(status == expected_status, "invalid", error, index++);
     }
 }
 
