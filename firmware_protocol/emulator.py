@@ -220,14 +220,35 @@ class BoardEmulator:
                 return
 
 
-class TcpBoardServer:
+class _BoardServer:
+    """Start and stop of a server that runs ``serve_forever`` in a daemon thread."""
+
+    emulator: BoardEmulator
+    _thread: threading.Thread | None = None
+
+    def serve_forever(self) -> None:
+        raise NotImplementedError
+
+    def start(self):
+        """Serve in a daemon thread and return self."""
+        self._thread = threading.Thread(target=self.serve_forever, name=f"board-emulator-{type(self).__name__}", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and wait up to 5 s for the thread to end."""
+        self.emulator.stop_event.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+
+class TcpBoardServer(_BoardServer):
     """Serves one host at a time on ``127.0.0.1:port`` (port 0 picks a free one)."""
 
     def __init__(self, emulator: BoardEmulator, port: int = 0):
         self.emulator = emulator
         self._listener = self._listen(port)
         self.port = self._listener.getsockname()[1]
-        self._thread: threading.Thread | None = None
 
     @property
     def url(self) -> str:
@@ -279,19 +300,8 @@ class TcpBoardServer:
 
         self.emulator.serve_link(receive, connection.sendall)
 
-    def start(self) -> "TcpBoardServer":
-        """Serve in a daemon thread and return self."""
-        self._thread = threading.Thread(target=self.serve_forever, name="board-emulator-tcp", daemon=True)
-        self._thread.start()
-        return self
 
-    def stop(self) -> None:
-        self.emulator.stop_event.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-
-class PtyBoardServer:
+class PtyBoardServer(_BoardServer):
     """Serves the board on a pseudo-terminal, as a USB serial board appears to the host.
 
     Args:
@@ -303,7 +313,6 @@ class PtyBoardServer:
         self.emulator = emulator
         self.link_path = Path(link_path) if link_path is not None else None
         self._master, self._slave, self.slave_path = self._open_pty()
-        self._thread: threading.Thread | None = None
 
     @property
     def url(self) -> str:
@@ -349,17 +358,6 @@ class PtyBoardServer:
                 view = view[os.write(self._master, view):]
             elif self.emulator.stop_event.is_set():
                 return
-
-    def start(self) -> "PtyBoardServer":
-        """Serve in a daemon thread and return self."""
-        self._thread = threading.Thread(target=self.serve_forever, name="board-emulator-pty", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.emulator.stop_event.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
 
 
 def start_emulator(simulator, *, transport: str = "tcp", faults: LinkFaults = LinkFaults(), link_bytes_per_s: float | None = None,

@@ -20,7 +20,7 @@ from cim_runtime.errors import CimError, ConfigError, LimitError, ProtocolError
 from firmware_protocol.codec import PROTOCOL_VERSION, Frame, FrameError, encode_frame
 from firmware_protocol.messages import (
     CAPABILITY_BITS, SCHEME_CODES, BatchHeader, DoneHeader, ErrorCode, ErrorReply, ExecuteHeader, Hello, HelloReply,
-    MessageType, Nak, NakReason, ProgramSummary, ResultHeader, operations, parse_records,
+    MessageType, Nak, NakReason, ProgramSummary, ResultHeader, operations, parse_records, spans_cover,
 )
 
 logger = logging.getLogger(__name__)
@@ -73,14 +73,6 @@ class _Staging:
             self.data.extend(bytes(end - len(self.data)))
         self.data[offset:end] = chunk
         self.spans.append((offset, end))
-
-    def complete(self, total: int) -> bool:
-        covered = 0
-        for start, end in sorted(self.spans):
-            if start > covered:
-                return False
-            covered = max(covered, end)
-        return covered >= total
 
 
 class BoardFirmware:
@@ -176,7 +168,7 @@ class BoardFirmware:
             staging = self._staging.pop(header.batch_id, None)
             if staging is None:
                 raise BoardError(ErrorCode.BATCH_UNKNOWN, f"batch {header.batch_id} is not staged; send its BATCH frames again")
-            if not staging.complete(header.total_bytes) or len(staging.data) != header.total_bytes:
+            if not spans_cover(staging.spans, header.total_bytes) or len(staging.data) != header.total_bytes:
                 raise BoardError(ErrorCode.BATCH_INCOMPLETE, f"batch {header.batch_id} lacks bytes of its {header.total_bytes}; send it again")
             return self._run(frame.seq, header.operation, params, bytes(staging.data))
         if kind == MessageType.ABORT:

@@ -281,6 +281,16 @@ def operations(rows: int, cols: int) -> dict[MessageType, Operation]:
     }
 
 
+def spans_cover(spans: list[tuple[int, int]], total: int) -> bool:
+    """Tell whether the byte ranges ``[start, end)`` cover ``[0, total)``; ranges may repeat or overlap."""
+    covered = 0
+    for start, end in sorted(spans):
+        if start > covered:
+            return False
+        covered = max(covered, end)
+    return covered >= total
+
+
 def parse_records(data: bytes, dtype: np.dtype) -> np.ndarray:
     """View ``data`` as an array of ``dtype`` records.
 

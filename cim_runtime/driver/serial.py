@@ -31,7 +31,7 @@ from firmware_protocol.codec import MAX_PAYLOAD, PROTOCOL_VERSION, Frame, FrameE
 from firmware_protocol.messages import (
     CAPABILITY_BITS, SCHEME_CODES, BatchHeader, DoneHeader, ErrorCode, ErrorReply, ExecuteHeader, Hello, HelloReply,
     MessageType, MvmParams, Operation, ProgramParams, ProgramSummary, PulseParams, PulseReadParams, ReadParams, ResultHeader, operations,
-    parse_records,
+    parse_records, spans_cover,
 )
 
 logger = logging.getLogger(__name__)
@@ -99,21 +99,12 @@ class _Reply:
             header, summary = DoneHeader.unpack_prefix(frame.payload)
             if header.result_bytes != len(self.data):
                 raise ProtocolError(f"DONE reports {header.result_bytes} result bytes, the host expected {len(self.data)}")
-            if not self._covered():
+            if not spans_cover(self._spans, len(self.data)):
                 raise _Retransmit("RESULT frames are missing")
             self.payload = summary
         else:
             self.payload = frame.payload
         return True
-
-    def _covered(self) -> bool:
-        covered = 0
-        for start, end in sorted(self._spans):
-            if start > covered:
-                return False
-            covered = max(covered, end)
-        return covered >= len(self.data)
-
 
 class _Command:
     """One command frame and the reply it collects."""
