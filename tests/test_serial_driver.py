@@ -125,6 +125,30 @@ def test_noisy_link_programs_network_without_repeated_pulses(board, caplog):
     assert np.array_equal(result.pulses, reference.pulses)
 
 
+def test_duplicated_and_delayed_bytes_are_survived(board):
+    faults = LinkFaults(duplicate_rate=0.005, delay_rate=0.05, delay_s=0.05, seed=2)
+    url, simulator = board(faults=faults, options="?frame_bytes=96&timeout_s=0.02&retries=60")
+    reference = SimulatorDriver("C4D1", **GEOMETRY)
+    with open_driver(url) as driver:
+        rows, cols = all_cells(driver.info())
+        for amplitude in (1.2, -1.1, 1.4):
+            driver.pulse(rows, cols, amplitude, 1e-4, array=1)
+            reference.pulse(rows, cols, amplitude, 1e-4, array=1)
+        assert np.array_equal(driver.read_array(1), reference.read_array(1))
+        assert driver.counters["retransmissions"] > 0
+    assert simulator.pulses_applied == 3 * rows.size
+
+
+def test_spy_url_writes_traffic_dump(board, tmp_path):
+    url, _ = board("pty")
+    dump = tmp_path / "traffic.txt"
+    with open_driver(f"spy://{url.removeprefix('serial://')}?file={dump}") as driver:
+        driver.read_row(0)
+    text = dump.read_text()
+    assert "TX" in text
+    assert "RX" in text
+
+
 def test_reset_in_middle_of_batch_uploads_again(board, caplog):
     url, simulator = board(faults=LinkFaults(reset_at_batch=3), options="?frame_bytes=64&timeout_s=0.1")
     caplog.set_level(logging.WARNING, logger="cim_runtime.driver.serial")

@@ -344,22 +344,23 @@ class SerialDriver(ArrayDriver):
             nonlocal failures
             failures = 0
 
-        retrying = Retrying(stop=give_up, retry=retry_if_exception(_is_retryable), before_sleep=self._note_retry, reraise=True)
+        retrying = Retrying(stop=give_up, retry=retry_if_exception(_is_retryable), reraise=True,
+                            before_sleep=lambda state: self._note_retry(state, failures))
         for attempt in retrying:
             with attempt:
                 if not self._link.is_open:
                     self._reconnect()
                 self._pump([command for command in commands if not command.complete], made_progress)
 
-    def _note_retry(self, state) -> None:
+    def _note_retry(self, state, failures: int) -> None:
         error = state.outcome.exception()
         self._link.counters["retransmissions"] += 1
         if isinstance(error, DeviceTimeoutError):
             self._link.counters["timeouts"] += 1
         elif isinstance(error, TransportError):
             self._link.close()
-        logger.warning("%s; retransmitting the commands without a complete reply (try %d, at most %d in a row)",
-                       error, state.attempt_number + 1, self.retries + 1)
+        logger.warning("%s; retransmitting the commands without a complete reply (retry %d in a row, at most %d)",
+                       error, failures, self.retries)
 
     def _pump(self, commands: list[_Command], made_progress) -> None:
         frame_wait_s = self.timeout_s + (self._frame_bytes + 16) / self.link_bytes_per_s
