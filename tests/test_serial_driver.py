@@ -12,14 +12,16 @@ import pytest
 import torch
 
 from cim_runtime.driver import SimulatorDriver, open_driver
-from cim_runtime.driver.serial import BoardArgumentError
+from cim_runtime.driver.serial import BoardArgumentError, BoardChangedError
 from cim_runtime.errors import ConfigError, TransportError
 from cim_runtime.mapping import CellTargets, ConductanceWindow, map_network
 from cim_runtime.programming import WriteVerifyConfig, write_verify
 from firmware_protocol.codec import FrameReader, encode_frame
-from firmware_protocol.emulator import LinkFaults, start_emulator
+from firmware_protocol.emulator import BoardEmulator, LinkFaults, TcpBoardServer, start_emulator
 from firmware_protocol.firmware import BoardFirmware, CountingSimulator
-from firmware_protocol.messages import ErrorCode, ErrorReply, Hello, MessageType, PulseParams, operations
+from firmware_protocol.messages import (
+    BatchHeader, ErrorCode, ErrorReply, ExecuteHeader, Hello, MessageType, PulseParams, ReadParams, operations,
+)
 
 GEOMETRY = {"rows": 16, "cols": 12, "arrays": 3, "seed": 7}
 
@@ -205,6 +207,34 @@ def test_onboard_program_in_groups_under_byte_faults(board):
     assert result.in_tolerance.all()
     assert np.all(np.abs(result.measured_s - targets.target_s) <= result.tolerance_s)
     assert simulator.pulses_applied == int(result.pulses.sum())
+
+
+def test_power_cycled_board_is_reported():
+    first = start_emulator(CountingSimulator("C4D1", **GEOMETRY))
+    port = first.port
+    driver = open_driver(f"{first.url}?timeout_s=0.1&retries=2&reconnect_s=5")
+    first.stop()
+    # A new firmware instance on the same port draws a new boot id, as a board does after power-up.
+    second = TcpBoardServer(BoardEmulator(BoardFirmware(CountingSimulator("C4D1", **GEOMETRY))), port).start()
+    try:
+        with pytest.raises(BoardChangedError, match="power cycle"):
+            driver.read_row(0)
+    finally:
+        driver.close()
+        second.stop()
+
+
+def test_abort_drops_staged_batch():
+    firmware = BoardFirmware(CountingSimulator("ideal", rows=4, cols=4, arrays=1))
+    records = np.zeros(2, dtype=operations(4, 4)[MessageType.READ].record).tobytes()
+    (ack,) = firmware_exchange(firmware, MessageType.BATCH, 1, BatchHeader(9, 0).pack() + records)
+    (abort_ack,) = firmware_exchange(firmware, MessageType.ABORT, 2, b"")
+    execute = ExecuteHeader(9, MessageType.READ, len(records)).pack() + ReadParams(0.1).pack()
+    (reply,) = firmware_exchange(firmware, MessageType.EXECUTE, 3, execute)
+    assert ack.message_type == MessageType.ACK
+    assert abort_ack.message_type == MessageType.ACK
+    assert reply.message_type == MessageType.ERROR
+    assert ErrorReply.unpack_prefix(reply.payload)[0].code == ErrorCode.BATCH_UNKNOWN
 
 
 def test_board_rejects_repeated_cell(board):

@@ -7,11 +7,15 @@ URL grammar (quote it in a shell, because ``&`` ends a command there):
 * ``spy:///dev/ttyACM0?file=dump.txt`` opens a serial port through pyserial's ``spy://`` wrapper, which
   writes a hex dump of all traffic. Its own options ``file``, ``color``, ``raw`` and ``all`` pass through.
 
-Options of every form: ``baudrate`` (default 921600), ``timeout_s`` (wait for a reply frame, default 1),
-``retries`` (retransmissions of one command, default 8), ``reconnect_s`` (how long to try to reopen the
-port after a disconnect, default 10), ``frame_bytes`` (largest payload per frame in each direction; the
-board's maximum if omitted; use a small value on a noisy link) and ``link_bytes_per_s`` (the link rate,
-which lengthens deadlines for long frames; baudrate / 10 if omitted).
+Options of every form:
+
+* ``baudrate``: line rate of a serial port, default 921600.
+* ``timeout_s``: wait for a reply frame, in seconds, default 1.
+* ``retries``: retransmissions in a row without a command completing, default 8.
+* ``reconnect_s``: how long to try to reopen the port after a disconnect, in seconds, default 10.
+* ``frame_bytes``: largest payload per frame in each direction, the board's maximum if omitted. Use a
+  small value, such as 96, on a noisy link.
+* ``link_bytes_per_s``: link rate, which lengthens deadlines for long frames; baudrate / 10 if omitted.
 """
 
 from __future__ import annotations
@@ -66,7 +70,7 @@ class _Retransmit(ProtocolError):
 
 
 class _BatchLost(ProtocolError):
-    """The board no longer holds the staged batch (it was reset); upload it again."""
+    """The board lost the staged batch (it was reset); upload it again."""
 
 
 class _Reply:
@@ -144,7 +148,7 @@ class SerialDriver(ArrayDriver):
 
     Every command carries a sequence number. Replies with another number are stale and dropped. A
     command that times out, draws a NAK or loses reply frames is sent again with the same number, up to
-    ``retries`` times. The board answers a repeated command from its reply cache, so no pulse is applied
+    ``retries`` times. The board replies to a repeated command from its reply cache, so no pulse is applied
     twice. After a disconnect the driver reopens the port, repeats the handshake, checks that the same
     board came back with its state, and continues the command in progress.
     """
