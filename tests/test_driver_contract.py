@@ -1,4 +1,4 @@
-"""The ArrayDriver contract, exercised on the simulator backend."""
+"""The ArrayDriver contract, exercised on the simulator and on the serial driver talking to the board emulator."""
 
 from __future__ import annotations
 
@@ -7,11 +7,30 @@ import pytest
 
 from cim_runtime.driver import SimulatorDriver, open_driver
 from cim_runtime.errors import CimError, ConfigError, LimitError
+from firmware_protocol.emulator import start_emulator
+from firmware_protocol.firmware import CountingSimulator
+
+
+@pytest.fixture(params=["sim", "serial"])
+def make_driver(request):
+    """Open a backend with a simulator of the given profile and geometry, directly or behind the board emulator."""
+    servers = []
+
+    def make(profile, **geometry):
+        if request.param == "sim":
+            return SimulatorDriver(profile, **geometry)
+        server = start_emulator(CountingSimulator(profile, **geometry))
+        servers.append(server)
+        return open_driver(server.url)
+
+    yield make
+    for server in servers:
+        server.stop()
 
 
 @pytest.fixture
-def driver():
-    with SimulatorDriver("C4D1", rows=16, cols=12, arrays=3, seed=7) as opened:
+def driver(make_driver):
+    with make_driver("C4D1", rows=16, cols=12, arrays=3, seed=7) as opened:
         yield opened
 
 
@@ -46,8 +65,8 @@ def test_potentiation_raises_and_depression_lowers(driver):
     assert np.all(driver.read(rows, cols) < after_up)
 
 
-def test_pulse_below_threshold_changes_nothing():
-    with SimulatorDriver("ideal", rows=4, cols=4, arrays=1) as ideal:
+def test_pulse_below_threshold_changes_nothing(make_driver):
+    with make_driver("ideal", rows=4, cols=4, arrays=1) as ideal:
         before = ideal.read_array()
         ideal.pulse(np.arange(4), np.arange(4), 0.4, 100e-6)
         assert np.array_equal(ideal.read_array(), before)
@@ -76,16 +95,16 @@ def test_request_outside_limits_is_rejected(driver, call, fragment):
     assert np.allclose(driver.read_array(0), before, rtol=0.02)
 
 
-def test_rejected_pulse_leaves_every_cell_unchanged():
-    with SimulatorDriver("ideal", rows=4, cols=4, arrays=1) as ideal:
+def test_rejected_pulse_leaves_every_cell_unchanged(make_driver):
+    with make_driver("ideal", rows=4, cols=4, arrays=1) as ideal:
         before = ideal.read_array()
         with pytest.raises(LimitError):
             ideal.pulse(np.array([0, 1]), np.array([0, 1]), np.array([1.0, 9.0]), 1e-4)
         assert np.array_equal(ideal.read_array(), before)
 
 
-def test_mvm_matches_conductance_product():
-    with SimulatorDriver("ideal", rows=8, cols=6, arrays=1) as ideal:
+def test_mvm_matches_conductance_product(make_driver):
+    with make_driver("ideal", rows=8, cols=6, arrays=1) as ideal:
         ideal.pulse(np.arange(6), np.arange(6), 2.0, 1e-3)
         voltages = np.linspace(-0.2, 0.2, 8)
         expected = voltages @ ideal.read_array()

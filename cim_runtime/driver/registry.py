@@ -33,8 +33,16 @@ def _open_simulator(url: str, options: dict[str, str]) -> ArrayDriver:
     return SimulatorDriver(**kwargs)
 
 
-#: URL scheme to opener. Serial and VISA backends register here when they exist.
-OPENERS: dict[str, Callable[[str, dict[str, str]], ArrayDriver]] = {"sim": _open_simulator}
+def _open_serial(url: str, options: dict[str, str]) -> ArrayDriver:
+    from cim_runtime.driver.serial import open_serial
+
+    return open_serial(url, options)
+
+
+#: URL scheme to opener. The VISA backend registers here when it exists.
+OPENERS: dict[str, Callable[[str, dict[str, str]], ArrayDriver]] = {
+    "sim": _open_simulator, "serial": _open_serial, "socket": _open_serial, "spy": _open_serial,
+}
 
 
 def split_backend_url(url: str) -> tuple[str, dict[str, str]]:
