@@ -18,7 +18,7 @@ import torch
 
 from cim_runtime.cli import main
 from cim_runtime.device import make_profile
-from cim_runtime.driver import SimulatorDriver
+from cim_runtime.driver import SimulatorDriver, open_driver
 from cim_runtime.errors import ConfigError, DataError
 from cim_runtime.mapping import ConductanceWindow, array_chunks, cells_to_pairs, map_network
 from cim_runtime.programming.calibration import calibrate_columns, fit_lines
@@ -34,6 +34,8 @@ from cim_runtime.programming.session import (
 from cim_runtime.programming.state import load_state
 from cim_runtime.zoo import Recipe, build_network
 from cim_runtime.zoo.recipes import ClassEntry
+from firmware_protocol.emulator import start_emulator
+from firmware_protocol.firmware import CountingSimulator
 
 TINY_VGG = {"config": [8, "M", 16, "M", 32], "batch_norm": False, "hidden": 16}
 SIM = "sim://?rows=32&cols=32&arrays=64&seed=5"
@@ -96,6 +98,34 @@ def test_interrupted_session_resumes_to_the_same_state(tmp_path):
         resumed = run_session(tmp_path / "cut", driver, mapped, resume=True)
         assert np.array_equal(resumed.measured_s, whole.measured_s)
         assert np.array_equal(resumed.pulses, whole.pulses)
+
+
+def test_a_board_keeps_its_cells_when_the_host_dies_and_the_session_resumes(tmp_path, monkeypatch):
+    mapped = small_mapping()
+    board = CountingSimulator("C4D1", rows=16, cols=16, arrays=8, seed=2)
+    server = start_emulator(board)
+    appended = Journal.append
+
+    def host_dies_at_fourth_step(journal, record):
+        if record["step"] == 3:
+            raise KeyboardInterrupt
+        appended(journal, record)
+
+    try:
+        with monkeypatch.context() as patch:
+            patch.setattr(Journal, "append", host_dies_at_fourth_step)
+            with pytest.raises(KeyboardInterrupt), open_driver(server.url) as driver:
+                run_session(tmp_path, driver, mapped)
+        pulses_before_resume = board.pulses_applied
+        with open_driver(server.url) as driver:
+            result = run_session(tmp_path, driver, mapped, resume=True)
+    finally:
+        server.stop()
+    assert result.in_tolerance.all()
+    records = Journal.open(tmp_path / "journal.jsonl").records
+    assert len(records) == result.steps
+    # Only the steps from the one cut short on pulse the board again, each exactly as its record says.
+    assert board.pulses_applied - pulses_before_resume == sum(record["pulses"] for record in records[3:])
 
 
 def test_resume_refuses_changed_settings_and_a_new_run_refuses_an_old_journal(tmp_path):
