@@ -97,9 +97,13 @@ def command_infer_programmed(args: argparse.Namespace) -> int:
         ("--tile", args.tile, None), ("--tolerance", args.tolerance, WriteVerifyConfig.tolerance_rel), ("--scheme", args.scheme, "amplitude-ramp"),
     ) if value != default]
     if conflicting:
-        raise ConfigError(f"{', '.join(conflicting)} shape programming and do not apply with --programmed, which reads a saved state; "
-                          "pass them to cim-run program instead")
+        verb, pronoun = ("affects", "it does") if len(conflicting) == 1 else ("affect", "they do")
+        raise ConfigError(f"{', '.join(conflicting)} only {verb} programming, so {pronoun} not apply with --programmed, which reads "
+                          "a saved state; pass it to cim-run program instead")
     check_output_folder(args.output, OUTPUT_FILES)
+    if (args.output / "programmed.json").exists() or (args.output / "journal.jsonl").exists():
+        raise ConfigError(f"--output {args.output} holds a cim-run program run, whose summary.json this would replace; "
+                          "choose another --output folder")
     request = InferenceRequest(model_dir=args.model, data_root=args.data_root, split=args.split, batch_size=args.batch_size,
                                progress=not args.no_progress)
     return report_inference(args, run_programmed_inference(args.programmed, request))
@@ -112,7 +116,10 @@ def report_inference(args: argparse.Namespace, outcome) -> int:
     write_json(args.output / "summary.json", outcome.summary)
     print_summary(outcome.summary)
     failed = outcome.summary["programming"]["failed_cells"]
-    if failed:
+    if failed and args.programmed is not None:
+        print(f"cim-run: warning: {failed:,} cells ended outside their tolerance band when they were programmed; the state's "
+              "summary.json counts the cells by status, including stuck cells that their pair compensates", file=sys.stderr)
+    elif failed:
         print(f"cim-run: warning: {failed:,} cells ended outside their tolerance band; widen --tolerance "
               "or check the device profile", file=sys.stderr)
     print(f"{'results':<11} {args.output / 'summary.json'}, {args.output / 'conductance.png'}")
@@ -227,7 +234,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cim-run: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        print("cim-run: interrupted", file=sys.stderr)
+        resumable = args.command == "program" and (args.output / "journal.jsonl").exists()
+        hint = f"; cim-run program --resume --output {args.output} continues the run" if resumable else ""
+        print(f"cim-run: interrupted{hint}", file=sys.stderr)
         return 130
     except BrokenPipeError:
         # The reader of standard output went away (as with `| head`); results are already on disk.

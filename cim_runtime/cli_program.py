@@ -76,10 +76,28 @@ def print_outcome(summary: dict, output: Path) -> None:
         print(f"{label:<11} {text}")
 
 
+def check_program_folder(folder: Path, resume: bool) -> None:
+    """Refuse to start a run over the results of another run; a resumed run writes over its own."""
+    check_output_folder(folder, OUTPUT_FILES)
+    if resume or (folder / JOURNAL_FILE).exists():
+        return  # A journal without --resume is refused by the session, with its own message.
+    earlier = [name for name in (*OUTPUT_FILES, "steps", "simulator") if (folder / name).exists()]
+    if earlier:
+        raise ConfigError(f"--output {folder} already holds results of another run ({', '.join(earlier)}); "
+                          "choose another --output folder, or delete those first")
+
+
 def command_program(args: argparse.Namespace, url: str) -> int:
     if not 0 < args.tolerance < 0.5:
         raise ConfigError(f"--tolerance {args.tolerance} is invalid: must be above 0 and below 0.5 (a fraction of the conductance window)")
-    check_output_folder(args.output, OUTPUT_FILES)
+    if not 0 <= args.retry_passes <= 10:
+        raise ConfigError(f"--retry-passes {args.retry_passes} is invalid: use 0 to 10")
+    if args.spare_pairs < 0:
+        raise ConfigError(f"--spare-pairs {args.spare_pairs} is invalid: use 0 or more")
+    if args.verify_reads < 1 or args.confirm_reads < 0:
+        raise ConfigError(f"--verify-reads {args.verify_reads} and --confirm-reads {args.confirm_reads} are invalid: "
+                          "use at least 1 and at least 0")
+    check_program_folder(args.output, args.resume)
     write_verify = WriteVerifyConfig(tolerance_rel=args.tolerance, scheme=args.scheme, reads_per_verify=args.verify_reads,
                                      discard_reads=1 if args.verify_reads > 1 else 0, confirm_reads=args.confirm_reads)
     settings = SessionSettings(write_verify, retry_passes=args.retry_passes, compensate_pairs=not args.no_compensation)

@@ -17,17 +17,28 @@ def _default_file_mode() -> int:
 
 
 def atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, then rename it over ``path``."""
+    """Write through a temporary file in the same folder, force it to disk, then rename it over ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(handle)
     try:
         write(temporary)
         os.chmod(temporary, _default_file_mode())
+        _sync(temporary)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+    # The rename itself lives in the folder, which must reach the disk too to survive a power loss.
+    _sync(path.parent)
+
+
+def _sync(path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def write_json(path: Path, data: dict) -> None:

@@ -18,6 +18,7 @@ import torch
 
 from cim_runtime.cli import main
 from cim_runtime.device import make_profile
+from cim_runtime.device.config import save_device_config
 from cim_runtime.driver import SimulatorDriver, open_driver
 from cim_runtime.errors import ConfigError, DataError
 from cim_runtime.mapping import ConductanceWindow, array_chunks, cells_to_pairs, map_network
@@ -134,9 +135,9 @@ def test_resume_refuses_changed_settings_and_a_new_run_refuses_an_old_journal(tm
         run_session(tmp_path, driver, mapped)
     with SimulatorDriver("C4D1", rows=16, cols=16, arrays=8, seed=2) as driver, pytest.raises(ConfigError, match="pass --resume"):
         run_session(tmp_path, driver, mapped)
-    with SimulatorDriver("C4D1", rows=16, cols=16, arrays=8, seed=3) as driver, pytest.raises(ConfigError, match="backend differs"):
+    with SimulatorDriver("C4D1", rows=16, cols=16, arrays=8, seed=3) as driver, pytest.raises(ConfigError, match=r"the backend \(--backend, --device-profile or --seed\) differs"):
         run_session(tmp_path, driver, mapped, resume=True)
-    with SimulatorDriver("C4D1", rows=16, cols=16, arrays=8, seed=2) as driver, pytest.raises(ConfigError, match="settings differs"):
+    with SimulatorDriver("C4D1", rows=16, cols=16, arrays=8, seed=2) as driver, pytest.raises(ConfigError, match="--retry-passes was 1 and is 2 now"):
         run_session(tmp_path, driver, mapped, resume=True, settings=SessionSettings(retry_passes=2))
 
 
@@ -235,7 +236,7 @@ def test_program_then_infer_from_the_saved_state(tmp_path, capsys):
 
 def test_infer_programmed_rejects_programming_options_and_missing_state(tmp_path, capsys):
     assert main(["infer", "--programmed", str(tmp_path), "--tolerance", "0.02"]) == 2
-    assert "--tolerance shape programming" in capsys.readouterr().err
+    assert "--tolerance only affects programming" in capsys.readouterr().err
     assert main(["infer", "--programmed", str(tmp_path), "--output", str(tmp_path / "out")]) == 2
     assert "programmed.json is missing" in capsys.readouterr().err
 
@@ -283,3 +284,61 @@ def test_runs_killed_at_random_points_resume_to_the_uninterrupted_state(tmp_path
     for name in whole:
         assert np.array_equal(whole[name], resumed[name]), f"random seed {seed}: {name} differs after resuming"
     assert os.path.getsize(output / "programmed.npz") > 0
+
+
+def test_damaged_step_and_state_files_give_clear_errors(tmp_path, tiny_model, capsys):
+    output = tmp_path / "run"
+    assert main(["program", "--model", str(tiny_model), "--backend", SIM, "--tile", "32x32", "--no-progress", "--output", str(output)]) == 0
+    step = output / "steps" / "step-00003.npz"
+    step.write_bytes(step.read_bytes()[:500])
+    assert main(["program", "--model", str(tiny_model), "--backend", SIM, "--tile", "32x32", "--no-progress", "--output", str(output),
+                 "--resume"]) == 2
+    assert "step-00003.npz cannot be used" in capsys.readouterr().err
+
+    state = output / "programmed.json"
+    meta = json.loads(state.read_text())
+    meta["scales"][next(iter(meta["scales"]))] = "abc"
+    state.write_text(json.dumps(meta))
+    with pytest.raises(DataError, match="corrupt"):
+        load_state(output)
+    meta["scales"] = json.loads((output / "summary.json").read_text())["scales"]
+    state.write_text(json.dumps(meta))
+    (output / "programmed.npz").write_bytes((output / "programmed.npz").read_bytes()[:1000])
+    with pytest.raises(DataError, match="corrupt"):
+        load_state(output)
+
+
+def test_resume_names_the_changed_option_and_the_device_model(tmp_path, tiny_model, capsys):
+    base = ["program", "--model", str(tiny_model), "--tile", "32x32", "--no-progress", "--output", str(tmp_path / "run")]
+    assert main(base + ["--backend", SIM]) == 0
+    assert main(base + ["--backend", SIM, "--resume", "--scheme", "adaptive"]) == 2
+    assert "--scheme was 'amplitude-ramp' and is 'adaptive' now" in capsys.readouterr().err
+    nominal = make_profile("C4D1")
+    stuck = replace(nominal, variation=replace(nominal.variation, stuck_min_fraction=0.01))
+    save_device_config(stuck, tmp_path / "same-name.toml")
+    assert main(base + ["--backend", SIM, "--resume", "--device-profile", str(tmp_path / "same-name.toml")]) == 2
+    assert "the device model (--device-profile) differs" in capsys.readouterr().err
+
+
+def test_runs_do_not_overwrite_each_others_results(tmp_path, tiny_model, capsys):
+    folder = tmp_path / "earlier"
+    folder.mkdir()
+    (folder / "summary.json").write_text("{}")
+    assert main(["program", "--model", str(tiny_model), "--backend", SIM, "--tile", "32x32", "--output", str(folder)]) == 2
+    assert "already holds results of another run (summary.json)" in capsys.readouterr().err
+    programmed = tmp_path / "programmed"
+    assert main(["program", "--model", str(tiny_model), "--backend", SIM, "--tile", "32x32", "--no-progress", "--output", str(programmed)]) == 0
+    capsys.readouterr()
+    assert main(["infer", "--programmed", str(programmed), "--output", str(programmed)]) == 2
+    assert "holds a cim-run program run" in capsys.readouterr().err
+
+
+def test_resumed_run_counts_the_time_of_every_step(tmp_path):
+    mapped = small_mapping()
+    with SimulatorDriver("C4D1", rows=16, cols=16, arrays=8, seed=2, state=tmp_path / "sim") as driver:
+        result = run_session(tmp_path, driver, mapped)
+    records = Journal.open(tmp_path / "journal.jsonl").records
+    assert result.elapsed_s == pytest.approx(sum(record["time_s"] for record in records))
+    with SimulatorDriver("C4D1", rows=16, cols=16, arrays=8, seed=2, state=tmp_path / "sim") as driver:
+        again = run_session(tmp_path, driver, mapped, resume=True)
+    assert again.elapsed_s == pytest.approx(result.elapsed_s)

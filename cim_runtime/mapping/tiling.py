@@ -122,9 +122,13 @@ def plan_tiles(layers: list[LayerSpec], tile_rows: int, tile_cols: int, array_ro
     Args:
         spare_pairs: column pairs to keep free at the right edge of every array.
     """
-    if not 0 <= 2 * spare_pairs < array_cols:
-        raise ConfigError(f"{spare_pairs} spare column pairs do not fit arrays of {array_cols} columns: use 0 to {(array_cols - 1) // 2}")
+    if not 0 <= 2 * spare_pairs <= array_cols - 2:
+        raise ConfigError(f"--spare-pairs {spare_pairs} is invalid: arrays of {array_cols} columns leave room for 0 to "
+                          f"{(array_cols - 2) // 2} spare column pairs")
     usable_cols = array_cols - 2 * spare_pairs
+    if spare_pairs and tile_cols > usable_cols:
+        raise ConfigError(f"tile {tile_rows}x{tile_cols} is too wide: {spare_pairs} spare column pairs leave {usable_cols} of the "
+                          f"array's {array_cols} columns; use --tile up to {min(tile_rows, array_rows)}x{usable_cols} or fewer --spare-pairs")
     check_tile_size(tile_rows, tile_cols, array_rows, usable_cols)
     plan = TilePlan(array_rows, array_cols, tile_rows, tile_cols, list(layers), spare_pairs=spare_pairs)
     array_cols = usable_cols

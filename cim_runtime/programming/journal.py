@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from cim_runtime.errors import ConfigError, DataError
+from cim_runtime.driver.sim_checkpoint import RESTART
 from cim_runtime.files import atomic_write
 
 FORMAT = "cim-runtime programming journal"
@@ -53,15 +54,16 @@ class Journal:
             except ValueError:
                 if number == len(complete) and not tail:
                     break  # A torn last line that happened to end in a newline.
-                raise DataError(f"{path} line {number} is not valid JSON; the journal is corrupt") from None
+                raise DataError(f"{path} line {number} is not valid JSON; the journal is corrupt, and {RESTART}") from None
             if not isinstance(entry, dict):
-                raise DataError(f"{path} line {number} is not a JSON object; the journal is corrupt")
+                raise DataError(f"{path} line {number} is not a JSON object; the journal is corrupt, and {RESTART}")
             entries.append(entry)
             kept_bytes += len(line) + 1
         if not entries or entries[0].get("format") != FORMAT:
-            raise DataError(f"{path} is not a cim-runtime programming journal")
+            raise DataError(f"{path} is not a cim-runtime programming journal (its header line is missing or foreign); {RESTART}")
         if entries[0].get("version") != VERSION:
-            raise DataError(f"{path} has journal version {entries[0].get('version')!r}; this cim-runtime reads version {VERSION}")
+            raise DataError(f"{path} has journal version {entries[0].get('version')!r}; this cim-runtime reads version {VERSION}, "
+                            "so resume it with the cim-runtime version that wrote it")
         if kept_bytes != len(raw):
             with open(path, "r+b") as handle:
                 handle.truncate(kept_bytes)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from tqdm import tqdm
 
 from cim_runtime.driver import ArrayDriver
 from cim_runtime.errors import ConfigError, DataError
+from cim_runtime.driver.sim_checkpoint import RESTART
 from cim_runtime.files import atomic_write
 from cim_runtime.mapping import CellTargets, Chunk, TilePlan
 from cim_runtime.programming.journal import Journal
@@ -101,6 +103,25 @@ class SessionResult:
                 "cells_by_status": {name: int(count) for name, count in zip(STATUS_NAMES, counts)}}
 
 
+#: The command-line option behind each setting, for messages about a resume with other options.
+OPTION_NAMES = {"scheme": "--scheme", "tolerance_rel": "--tolerance", "reads_per_verify": "--verify-reads", "discard_reads": "--verify-reads",
+                "confirm_reads": "--confirm-reads", "retry_passes": "--retry-passes", "compensate_pairs": "--no-compensation (compensate_pairs)"}
+#: The options behind each header entry, for the same messages.
+HEADER_NAMES = {"model_sha256": "the model weights (--model)", "plan_sha256": "the tile plan (--tile, --spare-pairs or the array size)",
+                "backend": "the backend (--backend, --device-profile or --seed)", "device_model_sha256": "the device model (--device-profile)",
+                "targets_sha256": "the target conductances (--model or the backend's window)", "steps": "the number of steps"}
+
+
+def _changed_leaves(before: dict, after: dict):
+    """Yield (name, old value, new value) for every entry that differs between two nested dictionaries."""
+    for name in sorted(set(before) | set(after)):
+        old, new = before.get(name), after.get(name)
+        if isinstance(old, dict) and isinstance(new, dict):
+            yield from _changed_leaves(old, new)
+        elif old != new:
+            yield name, old, new
+
+
 def fingerprint(*arrays: np.ndarray) -> str:
     """SHA-256 of the bytes of some arrays, to check that a resumed run has the same targets."""
     digest = hashlib.sha256()
@@ -138,8 +159,8 @@ class _Cells:
                     raise ValueError("it belongs to another array")
                 for name in STEP_FIELDS:
                     getattr(self, name)[part] = data[name]
-        except (OSError, ValueError, KeyError) as exc:
-            raise DataError(f"step file {path} cannot be used ({exc}); start the run again without --resume") from None
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+            raise DataError(f"step file {path} cannot be used ({exc}); {RESTART}") from None
 
 
 class ProgrammingSession:
@@ -164,7 +185,9 @@ class ProgrammingSession:
         self.steps = [(kind, chunk) for kind in settings.passes(plan.spare_pairs if plan else 0) for chunk in chunks]
 
     def header(self, extra: dict) -> dict:
+        device = self.driver.device_model()
         return {**extra, "backend": self.driver.info().identity, "settings": self.settings.to_dict(), "steps": len(self.steps),
+                "device_model_sha256": hashlib.sha256(device.to_toml().encode()).hexdigest() if device is not None else None,
                 "targets_sha256": fingerprint(self.targets.array, self.targets.row, self.targets.col, self.targets.target_s)}
 
     def run(self, extra_header: dict, *, resume: bool, progress: bool = True) -> SessionResult:
@@ -183,32 +206,42 @@ class ProgrammingSession:
         with tqdm(total=len(self.steps), initial=done, desc="program", unit="step", disable=not progress) as bar:
             for index in range(done, len(self.steps)):
                 kind, chunk = self.steps[index]
+                step_started = time.monotonic()
                 pulses_before = int(self.cells.pulses[chunk.cell_start : chunk.cell_stop].sum())
                 getattr(self, f"_{kind}")(chunk)
                 step_file = f"steps/step-{index:05d}.npz"
                 self.cells.save(self.folder / step_file, chunk)
                 self.driver.save_checkpoint(index + 1)
-                journal.append(self._record(index, kind, chunk, step_file, pulses_before))
+                journal.append({**self._record(index, kind, chunk, step_file, pulses_before), "time_s": time.monotonic() - step_started})
                 bar.update(1)
         placed = CellTargets(self.targets.array, self.cells.row, self.cells.col, self.targets.target_s, self.targets.layer)
+        # The time of every step, over however many runs it took: a resumed run counts its earlier parts too.
+        elapsed_s = sum(float(record.get("time_s", 0.0)) for record in journal.records) if journal.records else time.monotonic() - started
         return SessionResult(placed, self.cells.target_s, self.cells.measured_s, self.cells.pulses, self.cells.status,
-                             self.tolerance_s, time.monotonic() - started, len(self.steps))
+                             self.tolerance_s, elapsed_s, len(self.steps))
 
     # Resume.
 
     def _check_same_run(self, stored: dict, now: dict) -> None:
         for key, value in now.items():
-            if stored.get(key) != value:
-                raise ConfigError(f"--resume: the {key} differs from the interrupted run ({stored.get(key)!r} then, {value!r} now); "
-                                  "resume with the same model, backend and options, or start again without --resume")
+            if stored.get(key) == value:
+                continue
+            if key == "settings" and isinstance(stored.get(key), dict):
+                changes = [f"{OPTION_NAMES.get(name, name)} was {before!r} and is {after!r} now"
+                           for name, before, after in _changed_leaves(stored[key], value)]
+            else:
+                changes = [f"{HEADER_NAMES.get(key, key)} differs"]
+            raise ConfigError(f"--resume: {'; '.join(changes)}, against the interrupted run in {self.folder}; resume with the options it was started "
+                              "with, or program again into another --output folder")
 
     def _reload(self, journal: Journal) -> None:
         if len(journal.records) > len(self.steps):
-            raise DataError(f"{journal.path} records {len(journal.records)} steps but this run has {len(self.steps)}")
+            raise DataError(f"{journal.path} records {len(journal.records)} steps but this run has {len(self.steps)}; {RESTART}")
         for index, record in enumerate(journal.records):
             kind, chunk = self.steps[index]
             if record.get("step") != index or record.get("kind") != kind:
-                raise DataError(f"{journal.path} step {index} is {record.get('kind')!r}, expected {kind!r}; the journal is corrupt")
+                raise DataError(f"{journal.path} line {index + 2} records step {record.get('step')!r} ({record.get('kind')!r}) where "
+                                f"step {index} ({kind!r}) belongs; the journal is corrupt, and {RESTART}")
             self.cells.load(self.folder / f"steps/step-{index:05d}.npz", chunk)
         logger.info("resuming after %d of %d steps", len(journal.records), len(self.steps))
 

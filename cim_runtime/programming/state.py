@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +33,7 @@ CELL_FIELDS = ("array", "row", "col", "layer", "target_s", "final_target_s", "me
 
 @dataclass
 class ProgrammedState:
-    """What a programming run left on the arrays, as recorded by the host."""
+    """The record of a programming run: its plan, every cell's address, target, last read and status."""
 
     meta: dict
     plan: TilePlan
@@ -40,10 +41,10 @@ class ProgrammedState:
     calibration: dict[str, np.ndarray]
 
     def mapped(self) -> MappedNetwork:
-        """The mapping as it was programmed, for decoding weights (its targets are the original ones)."""
-        window = ConductanceWindow(*self.meta["conductance_window_s"])
+        """Rebuild the mapping as it was programmed, for decoding weights; its targets are the original ones."""
+        low, high = self.meta["conductance_window_s"]
         targets = cells_to_pairs(self.plan, self.cells["target_s"])
-        return MappedNetwork(self.plan, window, {name: float(scale) for name, scale in self.meta["scales"].items()}, targets)
+        return MappedNetwork(self.plan, ConductanceWindow(low, high), self.meta["scales"], targets)
 
     def measured_pairs(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         return cells_to_pairs(self.plan, self.cells["measured_s"])
@@ -81,21 +82,33 @@ def load_state(folder: Path) -> ProgrammedState:
     folder = Path(folder)
     json_path, arrays_path = folder / STATE_JSON, folder / STATE_ARRAYS
     if not json_path.is_file():
-        raise DataError(f"{json_path} is missing: pass the --output folder of a finished 'cim-run program' run")
+        hint = (f"that run did not finish: finish it with cim-run program --resume --output {folder}" if (folder / "journal.jsonl").is_file()
+                else "pass the --output folder of a finished cim-run program run")
+        raise DataError(f"{json_path} is missing; {hint}")
     try:
         meta = json.loads(json_path.read_text(encoding="utf-8"))
+        missing = {"conductance_window_s", "scales", "model", "plan", "programming"} - set(meta)
+        if missing:
+            raise ValueError(f"it lacks {', '.join(sorted(missing))}")
         if meta.get("format") != FORMAT or meta.get("version") != VERSION:
             raise ValueError(f"format {meta.get('format')!r} version {meta.get('version')!r}, expected {FORMAT!r} version {VERSION}")
         plan = TilePlan.from_json(json.dumps(meta.pop("plan")))
+        low, high = (float(value) for value in meta["conductance_window_s"])
+        meta["conductance_window_s"] = [low, high]
+        meta["scales"] = {str(name): float(scale) for name, scale in meta["scales"].items()}
+        if set(meta["scales"]) != {spec.name for spec in plan.layers} or not high > low:
+            raise ValueError("the scales do not name the plan's layers, or the window is empty")
+        if not isinstance(meta["model"], dict) or not isinstance(meta["model"].get("path"), str):
+            raise ValueError("the model entry has no path")
+        for name in ("tolerance_s", "time_s", "rounds"):
+            meta["programming"][name] = float(meta["programming"][name])
         with np.load(arrays_path, allow_pickle=False) as data:
             cells = {name: data[f"cell_{name}"] for name in CELL_FIELDS}
             calibration = {key.removeprefix("calibration_"): data[key] for key in data.files if key.startswith("calibration_")}
     except FileNotFoundError:
         raise DataError(f"{arrays_path} is missing; the programmed state in {folder} is incomplete") from None
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, zipfile.BadZipFile) as exc:
         raise DataError(f"the programmed state in {folder} is corrupt ({exc}); program the network again with cim-run program") from None
     if any(values.shape != (plan.cells_used,) for values in cells.values()):
         raise DataError(f"the programmed state in {folder} has {plan.cells_used} cells in its plan but arrays of other lengths")
-    if not {"conductance_window_s", "scales", "model"} <= set(meta):
-        raise DataError(f"{json_path} lacks the conductance window, scales or model; program the network again")
     return ProgrammedState(meta, plan, cells, calibration)
