@@ -114,3 +114,21 @@ def save_figure(figure, path: Path) -> None:
         _atomic_write(path, write)
     finally:
         plt.close(figure)
+
+
+def write_file_atomically(path: Path, write) -> None:
+    """Call ``write(temporary_path)``, then rename the temporary file over ``path``."""
+    _atomic_write(path, write)
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    """Write ``rows`` (dicts with the same keys) as CSV with a header line."""
+    import csv
+
+    def write(temporary: str) -> None:
+        with open(temporary, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else [])
+            writer.writeheader()
+            writer.writerows(rows)
+
+    _atomic_write(path, write)
