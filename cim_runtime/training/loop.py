@@ -319,7 +319,8 @@ class TrainingRun:
         self.module.train()
         device = self.distributed.device
         order = self._epoch_order()
-        totals = torch.zeros(4, dtype=torch.float64)  # loss sum, correct, images, skipped steps
+        # Sums over the epoch: loss over finite steps, correct predictions, images, skipped steps, images of finite steps.
+        totals = torch.zeros(5, dtype=torch.float64)
         stats = UpdateStats()
         batches = range(0, self.steps_per_epoch * self.settings.batch_size, self.settings.batch_size)
         bar = tqdm(batches, desc=f"{self.spec.name} epoch {epoch}/{self.settings.epochs}", leave=False,
@@ -341,6 +342,7 @@ class TrainingRun:
             self.schedule.step()
             if torch.isfinite(loss):
                 totals[0] += float(loss) * len(index)
+                totals[4] += len(index)
             totals[1] += float((logits.argmax(1) == labels).sum())
             totals[2] += len(index)
         if self.distributed.active:
@@ -373,7 +375,8 @@ class TrainingRun:
     def _log_row(self, epoch: int, totals: torch.Tensor, stats: UpdateStats, seconds: float) -> dict:
         images = max(float(totals[2]), 1.0)
         row = {
-            "epoch": epoch, "train_loss": round(float(totals[0]) / images, 6),
+            # An epoch without a single finite loss logs an empty train_loss.
+            "epoch": epoch, "train_loss": round(float(totals[0] / totals[4]), 6) if totals[4] else None,
             "train_top1": round(float(totals[1]) / images, 6), "valid_top1": round(self.evaluate(), 6),
             "pulses_per_weight_update": round(stats.pulses / stats.weights, 6) if stats.weights else 0.0,
             "capped_fraction": round(stats.capped / stats.weights, 6) if stats.weights else 0.0,
