@@ -29,3 +29,23 @@ def flowers_subset(tmp_path: Path, flowers_root: Path) -> Path:
         for photo in sorted((flowers_root / "valid" / folder).glob("*.jpg"))[:4]:
             (target / photo.name).symlink_to(photo)
     return root
+
+
+FOOD101 = SHARED_DATA / "images" / "food101_64px_10cls"
+STANFORD_CARS = SHARED_DATA / "images" / "stanford_cars_10cls"
+
+
+@pytest.fixture
+def food101_root() -> Path:
+    """Ten Food-101 classes at 64 px in class folders under train/, or a skip where they are absent."""
+    if not (FOOD101 / "train").is_dir():
+        pytest.skip(f"real photos not found at {FOOD101}")
+    return FOOD101
+
+
+@pytest.fixture
+def cars_root() -> Path:
+    """Ten Stanford Cars classes in class folders, or a skip where they are absent."""
+    if not STANFORD_CARS.is_dir():
+        pytest.skip(f"real photos not found at {STANFORD_CARS}")
+    return STANFORD_CARS

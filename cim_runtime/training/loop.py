@@ -247,6 +247,8 @@ class TrainingRun:
             "spec": asdict(self.spec), "epoch": len(self.history), "network": self.network.state_dict(),
             "optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(),
             "order_generator": self.order_generator.get_state(), "augment_generator": self.augment_generator.get_state(),
+            # Dropout draws from torch's global generator.
+            "torch_rng": torch.get_rng_state(),
             "device": self.updater.state_dict() if self.updater else {},
             "noise_generator": self.injector.generator.get_state() if self.injector else torch.empty(0),
             "history": self.history,
@@ -276,6 +278,8 @@ class TrainingRun:
         self.schedule.load_state_dict(state["schedule"])
         self.order_generator.set_state(state["order_generator"])
         self.augment_generator.set_state(state["augment_generator"])
+        # NOTE: CUDA generators are not saved, so a resumed run on CUDA draws other dropout masks.
+        torch.set_rng_state(state["torch_rng"])
         if self.updater:
             self.updater.load_state_dict(state["device"])
         if self.injector:
@@ -331,13 +335,19 @@ class TrainingRun:
             if index.numel() == 0:
                 index = order[:self.settings.batch_size]
             inputs, labels = self._batch(index).to(device), self.inputs.train_labels[index].to(device)
+            # A forward pass with a non-finite loss would leave non-finite normalization statistics behind.
+            buffers = [buffer.detach().clone() for buffer in self.module.buffers()]
             loss, logits = self._forward_backward(inputs, labels)
             if self._all_finite(loss):
                 step_stats = self.updater.step(self.optimizer) if self.updater else self._plain_step()
                 stats.add(step_stats)
             else:
                 totals[3] += 1
-                logger.warning("run %s epoch %d: loss is not finite, the step was skipped", self.spec.name, epoch)
+                with torch.no_grad():
+                    for buffer, saved in zip(self.module.buffers(), buffers):
+                        buffer.copy_(saved)
+                logger.warning("run %s epoch %d: loss is not finite, so the step was skipped; lower --lr if this repeats",
+                               self.spec.name, epoch)
             self.optimizer.zero_grad(set_to_none=True)
             self.schedule.step()
             if torch.isfinite(loss):
@@ -347,6 +357,9 @@ class TrainingRun:
             totals[2] += len(index)
         if self.distributed.active:
             dist.all_reduce(totals)
+            # Normalization statistics follow each process's last batch; take process 0's everywhere.
+            for buffer in self.module.buffers():
+                dist.broadcast(buffer, src=0)
         return self._log_row(epoch, totals, stats, time.monotonic() - started)
 
     def _plain_step(self) -> UpdateStats:

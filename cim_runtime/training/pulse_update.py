@@ -160,23 +160,33 @@ class DevicePairs:
     def apply(self, desired_change: torch.Tensor) -> UpdateStats:
         """Pulse the devices toward ``weight() + desired_change`` and return what was applied."""
         counts, stats = self.pulse_counts(desired_change)
-        held = self.x_plus - self.x_minus
+        # Only devices that get pulses move, so the curves are evaluated on those alone.
+        active = torch.nonzero(counts.reshape(-1)).flatten()
+        if active.numel() == 0:
+            return stats
+        counts = counts.reshape(-1)[active]
+        x_plus, x_minus = self.x_plus.reshape(-1), self.x_minus.reshape(-1)
+        held = x_plus[active] - x_minus[active]
         use_plus = (held > 0) | ((held == 0) & (counts > 0))
         # The device that moves rises when the weight should rise on G+, or fall on G-.
         rising = torch.where(use_plus, counts > 0, counts < 0)
-        pulses = counts.abs()
-        x = torch.where(use_plus, self.x_plus, self.x_minus)
-        factor = torch.where(use_plus, self.step_factor[0], self.step_factor[1])
-        moved = self._move(x, pulses, rising, factor)
-        self.x_plus = torch.where(use_plus, moved, self.x_plus)
-        self.x_minus = torch.where(use_plus, self.x_minus, moved)
+        x = torch.where(use_plus, x_plus[active], x_minus[active])
+        factor = torch.where(use_plus, self.step_factor[0].reshape(-1)[active], self.step_factor[1].reshape(-1)[active])
+        moved = torch.empty_like(x)
+        for direction in (True, False):
+            chosen = rising if direction else ~rising
+            moved[chosen] = self._move(x[chosen], counts[chosen].abs(), direction, factor[chosen])
+        x_plus = x_plus.clone()
+        x_minus = x_minus.clone()
+        x_plus[active[use_plus]] = moved[use_plus]
+        x_minus[active[~use_plus]] = moved[~use_plus]
+        self.x_plus = x_plus.reshape(self.x_plus.shape)
+        self.x_minus = x_minus.reshape(self.x_minus.shape)
         return stats
 
-    def _move(self, x: torch.Tensor, pulses: torch.Tensor, rising: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    def _move(self, x: torch.Tensor, pulses: torch.Tensor, rising: bool, factor: torch.Tensor) -> torch.Tensor:
         """Move devices ``x`` by ``pulses`` pulses up (``rising``) or down, noise included."""
-        nominal_up = self._nominal_pulses(x, pulses, True)
-        nominal_down = self._nominal_pulses(x, pulses, False)
-        nominal = torch.where(rising, nominal_up, nominal_down) * factor
+        nominal = self._nominal_pulses(x, pulses, rising) * factor
 
         variation = self.device.variation
         if variation.step_sigma_ctoc > 0:
@@ -184,7 +194,7 @@ class DevicePairs:
             noise = torch.randn(x.shape, generator=self.generator, dtype=torch.float64)
             nominal = nominal * (1.0 + spread * noise).clamp(min=0.0)
 
-        moved = torch.where(rising, self.curve.up(x, nominal), self.curve.down(x, nominal))
+        moved = self.curve.up(x, nominal) if rising else self.curve.down(x, nominal)
         if variation.write_noise_sigma_rel > 0:
             jump = variation.write_noise_sigma_rel * pulses.sqrt() * torch.randn(x.shape, generator=self.generator, dtype=torch.float64)
             moved = (moved + torch.where(pulses > 0, jump, torch.zeros_like(jump))).clamp(0.0, 1.0)
