@@ -131,9 +131,9 @@ def add_common_options(parser: argparse.ArgumentParser, output_folder, positive_
                         help="keep the feature layers fixed and train the classifier on features computed once (needs --device-layers classifier)")
     parser.add_argument("--rounding", choices=ROUNDINGS, default="stochastic", help="rounding of the desired change to pulses (default %(default)s)")
     parser.add_argument("--pulse-limit", type=positive_int, default=PulseSettings.pulse_limit,
-                        help="most pulses per device and update (default %(default)s)")
+                        help="maximum pulses per device and update (default %(default)s)")
     parser.add_argument("--weight-range-factor", type=float, default=PulseSettings.weight_range_factor,
-                        help="largest weight a device pair holds, as a multiple of the layer's initial largest weight (default %(default)s)")
+                        help="maximum weight magnitude of a device pair, as a multiple of the layer's initial maximum magnitude (default %(default)s)")
     parser.add_argument("--amplitude-max-v", type=positive_float, default=PulseSettings.amplitude_max_v,
                         help="largest pulse amplitude of the non-identical scheme, in volts (default %(default)s)")
     parser.add_argument("--tolerance", type=float, default=TrainSettings.tolerance_rel,

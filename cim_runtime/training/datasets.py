@@ -2,11 +2,12 @@
 
 Each ``--dataset`` accepts two layouts under ``--data-root``, and nothing is ever downloaded:
 
-* torchvision's archive layout, read by torchvision's own class with ``download=False``:
-  ``flowers-102/`` (``jpg/``, ``imagelabels.mat``, ``setid.mat``; splits train and val),
-  ``food-101/`` (``images/``, ``meta/train.json``, ``meta/test.json``), or ``stanford_cars/``
-  (``devkit/cars_meta.mat``, ``devkit/cars_train_annos.mat``, ``cars_train/``,
-  ``cars_test_annos_withlabels.mat``, ``cars_test/``);
+* torchvision's archive layout, read by torchvision's own class with ``download=False``. That is
+  ``flowers-102/`` with ``jpg/``, ``imagelabels.mat`` and ``setid.mat`` (splits train and val), or
+  ``food-101/`` with ``images/``, ``meta/train.json`` and ``meta/test.json``, or ``stanford_cars/``
+  with ``devkit/cars_meta.mat``, ``devkit/cars_train_annos.mat``, ``cars_train/``,
+  ``cars_test_annos_withlabels.mat`` and ``cars_test/``.
+
 * class folders read by ``ImageFolder``: ``train/<class>/`` with ``valid/``, ``val/`` or ``test/``
   beside it, or ``train/<class>/`` alone, or ``<class>/`` directly under the root. Without a
   validation folder a seeded fraction of each class is held out for validation.
@@ -52,7 +53,7 @@ class TrainingData:
     valid_images: torch.Tensor
     valid_labels: torch.Tensor
     classes: list[str]
-    #: How the splits were made, for the run summary.
+    #: Source layout and split sizes, for the run summary.
     description: str
 
 

@@ -45,7 +45,7 @@ LOG_FILE = "log.csv"
 
 @dataclass(frozen=True)
 class RunSpec:
-    """What one run trains: the mode, the device profile and the pulse scheme."""
+    """Identity of one run: the training mode, the device profile and the pulse scheme."""
 
     #: ``digital``, ``pulse`` (pulse-update training) or ``noise-aware``.
     mode: str
@@ -173,7 +173,7 @@ def classifier_features(network: nn.Module, images_u8: torch.Tensor, size_px: in
 
 @dataclass
 class RunInputs:
-    """What the loop feeds the trainable module: images (augmented per step) or fixed features."""
+    """Inputs of the trainable module: uint8 images (augmented per step) or fixed classifier features."""
 
     train: torch.Tensor
     train_labels: torch.Tensor
@@ -317,11 +317,11 @@ class TrainingRun:
         return order[self.distributed.rank::self.distributed.world_size]
 
     def train_epoch(self, epoch: int) -> dict:
+        """Train one epoch and return its log row."""
         started = time.monotonic()
         if self.settings.freeze_features:
             self.network.eval()
         self.module.train()
-        device = self.distributed.device
         order = self._epoch_order()
         # Sums over the epoch: loss over finite steps, correct predictions, images, skipped steps, images of finite steps.
         totals = torch.zeros(5, dtype=torch.float64)
@@ -334,33 +334,41 @@ class TrainingRun:
             index = order[start:start + self.settings.batch_size]
             if index.numel() == 0:
                 index = order[:self.settings.batch_size]
-            inputs, labels = self._batch(index).to(device), self.inputs.train_labels[index].to(device)
-            # A forward pass with a non-finite loss would leave non-finite normalization statistics behind.
-            buffers = [buffer.detach().clone() for buffer in self.module.buffers()]
-            loss, logits = self._forward_backward(inputs, labels)
-            if self._all_finite(loss):
-                step_stats = self.updater.step(self.optimizer) if self.updater else self._plain_step()
-                stats.add(step_stats)
-            else:
-                totals[3] += 1
-                with torch.no_grad():
-                    for buffer, saved in zip(self.module.buffers(), buffers):
-                        buffer.copy_(saved)
-                logger.warning("run %s epoch %d: loss is not finite, so the step was skipped; lower --lr if this repeats",
-                               self.spec.name, epoch)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.schedule.step()
-            if torch.isfinite(loss):
-                totals[0] += float(loss) * len(index)
-                totals[4] += len(index)
-            totals[1] += float((logits.argmax(1) == labels).sum())
-            totals[2] += len(index)
+            self._train_step(index, totals, stats)
+
+        if totals[3]:
+            logger.warning("run %s epoch %d: the loss was not finite in %d steps, which were skipped; lower --lr",
+                           self.spec.name, epoch, int(totals[3]))
         if self.distributed.active:
             dist.all_reduce(totals)
             # Normalization statistics follow each process's last batch; take process 0's everywhere.
             for buffer in self.module.buffers():
                 dist.broadcast(buffer, src=0)
         return self._log_row(epoch, totals, stats, time.monotonic() - started)
+
+    def _train_step(self, index: torch.Tensor, totals: torch.Tensor, stats: UpdateStats) -> None:
+        """Train on the images ``index`` and add to the epoch's ``totals`` and pulse ``stats``."""
+        device = self.distributed.device
+        inputs, labels = self._batch(index).to(device), self.inputs.train_labels[index].to(device)
+        # A forward pass with a non-finite loss would leave non-finite normalization statistics behind.
+        buffers = [buffer.detach().clone() for buffer in self.module.buffers()]
+        loss, logits = self._forward_backward(inputs, labels)
+
+        if self._all_finite(loss):
+            stats.add(self.updater.step(self.optimizer) if self.updater else self._plain_step())
+        else:
+            totals[3] += 1
+            with torch.no_grad():
+                for buffer, saved in zip(self.module.buffers(), buffers):
+                    buffer.copy_(saved)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.schedule.step()
+
+        if torch.isfinite(loss):
+            totals[0] += float(loss) * len(index)
+            totals[4] += len(index)
+        totals[1] += float((logits.argmax(1) == labels).sum())
+        totals[2] += len(index)
 
     def _plain_step(self) -> UpdateStats:
         self.optimizer.step()

@@ -1,4 +1,4 @@
-"""Noise-aware training: train digitally while the forward pass sees weights as an array would hold them.
+"""Noise-aware training: digital training whose forward pass uses weights as a programmed array stores them.
 
 For inference on a programmed array, each weight becomes a G+/G- pair programmed by write-verify
 (:mod:`cim_runtime.programming`). Its error has two parts that this module injects into every training

@@ -9,7 +9,7 @@ to one device of the pair, through the torch twin of the simulator's response cu
 nonlinearity, up/down asymmetry, the finite number of levels and noise decide the weight that
 results:
 
-* a pair that holds a positive weight (G+ above G-) moves G+: potentiation to raise the weight and
+* a pair with a positive weight (G+ above G-) moves G+: potentiation to raise the weight and
   depression to lower it. A negative weight moves G- the other way round, and a zero weight moves G+
   up or G- up. So one device of each pair stays at the bottom of its range, as in
   :mod:`cim_runtime.mapping.encoding`, and a weight crosses zero only through the bottom.
@@ -44,7 +44,7 @@ PULSE_SCHEMES = ("identical", "non-identical")
 
 @dataclass(frozen=True)
 class PulseSettings:
-    """How an optimizer's desired change becomes device pulses."""
+    """Settings of the conversion from an optimizer's desired change to device pulses."""
 
     #: ``identical`` (every pulse nominal) or ``non-identical`` (amplitude chosen per device).
     scheme: str = "identical"
@@ -166,8 +166,8 @@ class DevicePairs:
             return stats
         counts = counts.reshape(-1)[active]
         x_plus, x_minus = self.x_plus.reshape(-1), self.x_minus.reshape(-1)
-        held = x_plus[active] - x_minus[active]
-        use_plus = (held > 0) | ((held == 0) & (counts > 0))
+        present = x_plus[active] - x_minus[active]
+        use_plus = (present > 0) | ((present == 0) & (counts > 0))
         # The device that moves rises when the weight should rise on G+, or fall on G-.
         rising = torch.where(use_plus, counts > 0, counts < 0)
         x = torch.where(use_plus, x_plus[active], x_minus[active])

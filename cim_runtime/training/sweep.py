@@ -18,7 +18,7 @@ from cim_runtime.training.torch_response import build_torch_curve
 
 logger = logging.getLogger(__name__)
 
-RESULT_COLUMNS = ("network", "profile", "scheme", "valid_top1", "best_valid_top1", "vs_digital_points",
+RESULT_COLUMNS = ("network", "profile", "scheme", "valid_top1", "best_valid_top1", "vs_digital_points", "train_loss",
                   "nonlinearity_up", "nonlinearity_down", "asymmetric_nonlinearity", "pulses_across")
 
 
@@ -82,7 +82,8 @@ def run_sweep(settings: TrainSettings, data: TrainingData, models: list[str], sp
                 "scheme": spec.scheme if spec.mode == "pulse" else spec.mode,
                 "valid_top1": final, "best_valid_top1": max(row["valid_top1"] for row in history),
                 "vs_digital_points": round(100 * (final - digital_top1), 2) if digital_top1 is not None else "",
-                **metrics.get(spec.profile, dict.fromkeys(RESULT_COLUMNS[6:], "")),
+                "train_loss": history[-1]["train_loss"],
+                **metrics.get(spec.profile, dict.fromkeys(RESULT_COLUMNS[7:], "")),
             })
             logger.info("sweep run %s/%s: valid top-1 %.4f", model, spec.name, final)
     if distributed.rank == 0:
@@ -98,13 +99,14 @@ def results_markdown(rows: list[dict], settings: TrainSettings, data: TrainingDa
         f"{' (features frozen)' if settings.freeze_features else ''}, rounding {settings.pulse.rounding}, "
         f"pulse limit {settings.pulse.pulse_limit}, seed {settings.seed}.",
         "",
-        "| network | profile | scheme | valid top-1 (%) | vs digital (points) | nonlinearity up | nonlinearity down "
-        "| asymmetric nonlinearity | pulses across window |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+        "| network | profile | scheme | valid top-1 (%) | vs digital (points) | final training loss | nonlinearity up "
+        "| nonlinearity down | asymmetric nonlinearity | pulses across window |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in sorted(rows, key=lambda r: (r["network"], r["profile"] != "digital", -r["valid_top1"])):
         delta = f"{row['vs_digital_points']:+.2f}" if isinstance(row["vs_digital_points"], float) else ""
-        lines.append(f"| {row['network']} | {row['profile']} | {row['scheme']} | {100 * row['valid_top1']:.2f} | {delta} "
+        loss = f"{row['train_loss']:.3f}" if isinstance(row["train_loss"], float) else ""
+        lines.append(f"| {row['network']} | {row['profile']} | {row['scheme']} | {100 * row['valid_top1']:.2f} | {delta} | {loss} "
                      f"| {row['nonlinearity_up']} | {row['nonlinearity_down']} | {row['asymmetric_nonlinearity']} "
                      f"| {row['pulses_across']} |")
     return "\n".join(lines) + "\n"
@@ -119,7 +121,7 @@ def write_results(output: Path, rows: list[dict], settings: TrainSettings, data:
 
 
 def plot_sweep(path: Path, rows: list[dict]) -> None:
-    """Plot validation accuracy per profile and scheme, one panel per network, digital as a line."""
+    """Plot each run's validation accuracy minus the digital baseline's, per profile and scheme, one panel per network."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -129,20 +131,19 @@ def plot_sweep(path: Path, rows: list[dict]) -> None:
     figure, axes = plt.subplots(1, len(networks), figsize=(7 * len(networks), 4.5), squeeze=False)
     for axis, network in zip(axes[0], networks):
         device_rows = [row for row in rows if row["network"] == network and row["profile"] != "digital"]
+        digital = next((row["valid_top1"] for row in rows if row["network"] == network and row["profile"] == "digital"), 0.0)
         profiles = list(dict.fromkeys(row["profile"] for row in device_rows))
         schemes = list(dict.fromkeys(row["scheme"] for row in device_rows))
         width = 0.8 / max(1, len(schemes))
         for offset, scheme in enumerate(schemes):
-            values = [next((100 * r["valid_top1"] for r in device_rows if r["profile"] == p and r["scheme"] == scheme), np.nan)
-                      for p in profiles]
+            values = [next((100 * (r["valid_top1"] - digital) for r in device_rows if r["profile"] == p and r["scheme"] == scheme),
+                           np.nan) for p in profiles]
             axis.bar(np.arange(len(profiles)) + offset * width, values, width, label=scheme)
-        for row in rows:
-            if row["network"] == network and row["profile"] == "digital":
-                axis.axhline(100 * row["valid_top1"], color="black", linestyle="--", label="digital baseline")
+        axis.axhline(0.0, color="black", linewidth=1)
         axis.set_xticks(np.arange(len(profiles)) + width * (len(schemes) - 1) / 2, [Path(p).stem for p in profiles], rotation=20)
-        axis.set_ylabel("validation top-1 (%)")
-        axis.set_title(network)
-        axis.legend(loc="lower right")
+        axis.set_ylabel("validation top-1 minus digital (points)")
+        axis.set_title(f"{network}: digital baseline {100 * digital:.2f} %")
+        axis.legend()
     figure.tight_layout()
     save_figure(figure, path)
 

@@ -138,8 +138,8 @@ class TorchSoftBoundsResponse:
         return x * (1.0 - self.alpha_down) ** pulses
 
     def position(self, x: torch.Tensor, rising: bool) -> torch.Tensor:
-        # Pulses from the bottom (up) or the top (down); a soft bound is reached only after infinitely
-        # many pulses, so positions next to a bound are capped at 1e-12 from it.
+        # Pulses count from the bottom (up) or the top (down). A soft bound is reached only after
+        # infinitely many pulses, so positions next to a bound are capped at 1e-12 from it.
         if rising:
             return torch.log((1.0 - x).clamp(min=1e-12)) / math.log(1.0 - self.alpha_up)
         return torch.log(x.clamp(min=1e-12)) / math.log(1.0 - self.alpha_down)
