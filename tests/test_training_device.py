@@ -163,8 +163,9 @@ def test_extreme_changes_stay_finite(scheme):
         assert stats.non_finite == 30
 
     assert bool(torch.isfinite(pairs.weight()).all())
-    assert float(pairs.x_plus.min()) >= 0.0 and float(pairs.x_plus.max()) <= 1.0
-    assert float(pairs.x_minus.min()) >= 0.0 and float(pairs.x_minus.max()) <= 1.0
+    for state in (pairs.x_plus, pairs.x_minus):
+        assert float(state.min()) >= 0.0
+        assert float(state.max()) <= 1.0
 
 
 def test_updater_step_keeps_optimizer_for_digital_parameters():
