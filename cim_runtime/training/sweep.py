@@ -151,6 +151,7 @@ def plot_sweep(path: Path, rows: list[dict]) -> None:
 def plot_curves(path: Path, histories: dict[str, list[dict]]) -> None:
     """Plot validation accuracy against epoch for each run."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -158,6 +159,7 @@ def plot_curves(path: Path, histories: dict[str, list[dict]]) -> None:
     figure, axis = plt.subplots(figsize=(6.5, 4.2))
     for name, history in histories.items():
         axis.plot([row["epoch"] for row in history], [100 * row["valid_top1"] for row in history], marker="o", label=name)
+    axis.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     axis.set_xlabel("epoch")
     axis.set_ylabel("validation top-1 (%)")
     axis.legend()
