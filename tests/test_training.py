@@ -236,12 +236,19 @@ def exit_code(arguments: list[str]) -> int:
     (["train", "--data-root", "{photos}", "--model", "alexnet"], "--model 'alexnet' is neither"),
     (["sweep", "--data-root", "{photos}", "--pulse-schemes", "identical,random"], "--pulse-schemes random is invalid"),
     (["train", "--data-root", "{photos}", "--lr", "-1"], "must be a finite number above 0"),
-], ids=["missing root", "unknown profile", "freeze without classifier", "unknown model", "unknown scheme", "negative lr"])
+    (["train", "--data-root", "{photos}", "--tolerance", "0.7"], "--tolerance 0.7 is invalid"),
+    (["train", "--data-root", "{photos}", "--weight-range-factor", "0.5"], "weight_range_factor=0.5 is invalid"),
+    (["train", "--data-root", "{photos}", "--classes", "5"], "--classes 5 is invalid"),
+    (["train", "--data-root", "{photos}", "--dataset", "food101", "--image-size", "4"], "--image-size 4 is invalid"),
+], ids=["missing root", "unknown profile", "freeze without classifier", "unknown model", "unknown scheme", "negative lr",
+        "tolerance", "weight range", "too many classes", "tiny image"])
 def test_cli_bad_input_exits_2(tmp_path, capsys, arguments, message):
     photos = write_photos(tmp_path / "photos", classes=2, per_class=2)
     filled = [a.format(missing=tmp_path / "missing", photos=photos) for a in arguments]
 
-    code = exit_code([*filled, "--output", str(tmp_path / "out"), "--no-progress", "--epochs", "1", "--image-size", "16"])
+    # The case's own options come last, so that they override the defaults of this test.
+    code = exit_code([filled[0], "--output", str(tmp_path / "out"), "--no-progress", "--epochs", "1", "--image-size", "16",
+                      *filled[1:]])
 
     assert code == 2
     assert re.search(message, capsys.readouterr().err)

@@ -65,7 +65,7 @@ class RunSpec:
         """Folder name of the run."""
         if self.mode == "digital":
             return "digital"
-        stem = Path(self.profile).stem if self.profile.endswith(".toml") else self.profile
+        stem = Path(self.profile).stem
         return f"{stem}-{self.scheme}" if self.mode == "pulse" else f"{stem}-noise-aware"
 
 
@@ -99,6 +99,8 @@ class TrainSettings:
             raise ConfigError(f"epochs={self.epochs} and batch_size={self.batch_size} must both be at least 1")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ConfigError(f"--lr {self.lr} is invalid: must be a finite value above 0")
+        if not 0 < self.tolerance_rel < 0.5:
+            raise ConfigError(f"--tolerance {self.tolerance_rel} is invalid: must be above 0 and below 0.5 (a fraction of the conductance window)")
         if self.freeze_features and self.device_layers != "classifier":
             raise ConfigError("--freeze-features trains only the classifier, so it needs --device-layers classifier")
 
