@@ -5,17 +5,19 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import sys
 from pathlib import Path
 from urllib.parse import urlencode
 
-from cim_runtime import __version__, cli_device, cli_train, log_to_screen
+from cim_runtime import __version__, cli_device, cli_program, cli_train, log_to_screen
 from cim_runtime.driver import DEFAULT_BACKEND_URL, open_driver, split_backend_url
 from cim_runtime.errors import CimError, ConfigError
-from cim_runtime.pipeline import InferenceRequest, run_inference
+from cim_runtime.pipeline import InferenceRequest, run_inference, run_programmed_inference
 from cim_runtime.programming import WriteVerifyConfig
 from cim_runtime.programming.schemes import SCHEMES
-from cim_runtime.report import check_output_folder, plot_programming, write_json
+from cim_runtime.files import write_json
+from cim_runtime.report import check_output_folder, plot_programming
 from cim_runtime.zoo import DEFAULT_MODEL_DIR, DEFAULT_SAMPLE_DIR
 
 logger = logging.getLogger(__name__)
@@ -72,25 +74,47 @@ OUTPUT_FILES = ("summary.json", "conductance.png")
 
 
 def command_infer(args: argparse.Namespace) -> int:
+    if args.programmed is not None:
+        return command_infer_programmed(args)
     url = backend_url(args.backend, args.device_profile, args.seed)
     if not 0 < args.tolerance < 0.5:
         raise ConfigError(f"--tolerance {args.tolerance} is invalid: must be above 0 and below 0.5 (a fraction of the conductance window)")
     check_output_folder(args.output, OUTPUT_FILES)
     request = InferenceRequest(
-        model_dir=args.model, data_root=args.data_root, tile=args.tile, split=args.split,
+        model_dir=args.model or DEFAULT_MODEL_DIR, data_root=args.data_root, tile=args.tile, split=args.split,
         batch_size=args.batch_size, write_verify=WriteVerifyConfig(tolerance_rel=args.tolerance, scheme=args.scheme),
         progress=not args.no_progress,
     )
     with open_driver(url) as driver:
         outcome = run_inference(driver, request)
+    return report_inference(args, outcome)
+
+
+def command_infer_programmed(args: argparse.Namespace) -> int:
+    """Classify with the state a ``cim-run program`` run saved; options that shape programming do not apply."""
+    conflicting = [option for option, value, default in (
+        ("--backend", args.backend, DEFAULT_BACKEND_URL), ("--device-profile", args.device_profile, None), ("--seed", args.seed, None),
+        ("--tile", args.tile, None), ("--tolerance", args.tolerance, WriteVerifyConfig.tolerance_rel), ("--scheme", args.scheme, "amplitude-ramp"),
+    ) if value != default]
+    if conflicting:
+        raise ConfigError(f"{', '.join(conflicting)} shape programming and do not apply with --programmed, which reads a saved state; "
+                          "pass them to cim-run program instead")
+    check_output_folder(args.output, OUTPUT_FILES)
+    request = InferenceRequest(model_dir=args.model, data_root=args.data_root, split=args.split, batch_size=args.batch_size,
+                               progress=not args.no_progress)
+    return report_inference(args, run_programmed_inference(args.programmed, request))
+
+
+def report_inference(args: argparse.Namespace, outcome) -> int:
+    # Files come first, so a closed standard output loses no result. The plot comes before the summary:
+    # no summary then claims a complete run whose plot could not be written.
+    plot_programming(args.output / "conductance.png", outcome.programming)
+    write_json(args.output / "summary.json", outcome.summary)
     print_summary(outcome.summary)
     failed = outcome.summary["programming"]["failed_cells"]
     if failed:
         print(f"cim-run: warning: {failed:,} cells ended outside their tolerance band; widen --tolerance "
               "or check the device profile", file=sys.stderr)
-    # The plot goes first: if it cannot be written, no summary claims a complete run.
-    plot_programming(args.output / "conductance.png", outcome.programming)
-    write_json(args.output / "summary.json", outcome.summary)
     print(f"{'results':<11} {args.output / 'summary.json'}, {args.output / 'conductance.png'}")
     return 0
 
@@ -152,11 +176,14 @@ def build_parser() -> argparse.ArgumentParser:
     infer = commands.add_parser("infer", help="map, program, read back and classify photos",
                                 description="Map a trained network onto crossbar tiles, program every cell by write-verify, "
                                             "read the arrays back and classify photos with both the digital and the programmed network.")
-    infer.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR, help="checkpoint folder with recipe.json (default: the bundled flowers model)")
+    infer.add_argument("--model", type=Path, help="checkpoint folder with recipe.json (default: the bundled flowers model, "
+                                                  "or with --programmed the model that was programmed)")
     infer.add_argument("--data-root", type=Path, default=DEFAULT_SAMPLE_DIR,
                        help="ImageFolder tree or a folder with torchvision's flowers-102/ layout (default: the bundled sample)")
     infer.add_argument("--split", default="test", choices=("train", "val", "test"), help="Flowers102 split, for the flowers-102/ layout only")
     add_backend_options(infer)
+    infer.add_argument("--programmed", type=Path, metavar="FOLDER",
+                       help="classify with the programmed state that 'cim-run program --output FOLDER' saved, without programming again")
     infer.add_argument("--tile", type=parse_tile, metavar="ROWSxCOLS", help="largest tile in physical cells (default: the whole array)")
     infer.add_argument("--tolerance", type=float, default=WriteVerifyConfig.tolerance_rel,
                        help="write-verify band half-width as a fraction of the conductance window (default %(default)s)")
@@ -173,7 +200,12 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(handler=command_info)
     cli_device.add_commands(commands, add_backend_options, output_folder, positive_int)
     cli_train.add_commands(commands, output_folder, positive_int)
+    cli_program.add_command(commands, add_backend_options, output_folder, parse_tile)
     return parser
+
+
+def command_program(args: argparse.Namespace) -> int:
+    return cli_program.command_program(args, backend_url(args.backend, args.device_profile, args.seed))
 
 
 def command_device(args: argparse.Namespace) -> int:
@@ -189,13 +221,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.verbose:
         log_to_screen(logging.INFO)
     try:
-        return (args.handler or command_device)(args)
+        handler = args.handler or (command_program if args.command == "program" else command_device)
+        return handler(args)
     except CimError as exc:
         print(f"cim-run: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("cim-run: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader of standard output went away (as with `| head`); results are already on disk.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@ from cim_runtime.device.fitting import MODELS, fit_device
 from cim_runtime.device.readers import read_measurements
 from cim_runtime.driver import open_driver
 from cim_runtime.errors import ConfigError
-from cim_runtime.report import check_output_folder, save_figure, write_json
+from cim_runtime.files import write_json
+from cim_runtime.report import check_output_folder, save_figure
 
 
 def command_characterize(args: argparse.Namespace, url: str) -> int:

@@ -10,7 +10,8 @@ import torch.distributed as dist
 from cim_runtime.device.presets import MEASURED_PRESETS
 from cim_runtime.device.profiles import PROFILE_NAMES, make_profile
 from cim_runtime.errors import ConfigError
-from cim_runtime.report import check_output_folder, write_json
+from cim_runtime.files import write_json
+from cim_runtime.report import check_output_folder
 from cim_runtime.training import DEVICE_LAYERS, PULSE_SCHEMES, ROUNDINGS, PulseSettings
 from cim_runtime.training.datasets import DATASETS, load_training_data
 from cim_runtime.training.loop import TrainingRun, TrainSettings, init_distributed

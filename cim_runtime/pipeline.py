@@ -16,8 +16,10 @@ from cim_runtime.data import check_images_readable, is_flowers102_root, open_dat
 from cim_runtime.driver import ArrayDriver
 from cim_runtime.errors import ConfigError, DataError
 from cim_runtime.inference import programmed_network
+from cim_runtime.inference.readback import with_weights
 from cim_runtime.mapping import ConductanceWindow, MappedNetwork, map_network
 from cim_runtime.programming import WriteVerifyConfig, WriteVerifyResult, write_verify
+from cim_runtime.programming.state import file_sha256, load_state
 from cim_runtime.zoo import load_model
 
 logger = logging.getLogger(__name__)
@@ -27,7 +29,8 @@ logger = logging.getLogger(__name__)
 class InferenceRequest:
     """Inputs and settings of :func:`run_inference`."""
 
-    model_dir: Path
+    #: Checkpoint folder; with a programmed state, None means the folder the state names.
+    model_dir: Path | None
     data_root: Path
     #: Physical tile size (rows, columns); the whole array if None.
     tile: tuple[int, int] | None = None
@@ -50,15 +53,20 @@ class InferenceOutcome:
     programming: WriteVerifyResult
 
 
-def map_for_driver(network: torch.nn.Module, driver: ArrayDriver, tile: tuple[int, int] | None) -> MappedNetwork:
-    """Map ``network`` into the driver's conductance window and check that its arrays suffice."""
+def map_for_driver(network: torch.nn.Module, driver: ArrayDriver, tile: tuple[int, int] | None, spare_pairs: int = 0) -> MappedNetwork:
+    """Map ``network`` into the driver's conductance window and check that its arrays suffice.
+
+    Args:
+        spare_pairs: column pairs kept free on every array; the default tile is narrowed to leave them.
+    """
     info = driver.info()
     if tile is None and info.cols % 2:
         raise ConfigError(f"the backend's arrays have {info.cols} columns, an odd number; pass --tile with an even column count, "
                           f"such as {info.rows}x{info.cols - 1}")
-    tile_rows, tile_cols = tile if tile is not None else (info.rows, info.cols)
+    tile_rows, tile_cols = tile if tile is not None else (info.rows, max(info.cols - 2 * spare_pairs, 2))
     window = ConductanceWindow(info.conductance_min_s, info.conductance_max_s)
-    mapped = map_network(network, window, tile_rows=tile_rows, tile_cols=tile_cols, array_rows=info.rows, array_cols=info.cols)
+    mapped = map_network(network, window, tile_rows=tile_rows, tile_cols=tile_cols, array_rows=info.rows, array_cols=info.cols,
+                         spare_pairs=spare_pairs)
     if mapped.plan.arrays_used > info.arrays:
         raise ConfigError(
             f"the network needs {mapped.plan.arrays_used} arrays of {info.rows}x{info.cols} but the backend has {info.arrays}; "
@@ -148,16 +156,29 @@ def run_inference(driver: ArrayDriver, request: InferenceRequest) -> InferenceOu
     stage_s["classify"] = time.monotonic() - started
 
     info = driver.info()
+    summary = build_summary(request, recipe, mapped, (info.identity, info.conductance_min_s, info.conductance_max_s),
+                            programming, network, programmed, accuracy, stage_s)
+    return InferenceOutcome(summary, programming)
+
+
+def build_summary(request: InferenceRequest, recipe, mapped: MappedNetwork, backend: tuple[str, float, float], programming: WriteVerifyResult,
+                  network: torch.nn.Module, programmed: torch.nn.Module, accuracy: dict, stage_s: dict) -> dict:
+    """Collect every figure of an inference run into one JSON-ready dictionary.
+
+    Args:
+        backend: identity of the backend and its conductance window (bottom, top) in siemens.
+    """
     plan = mapped.plan
-    summary = {
+    identity, window_min_s, window_max_s = backend
+    return {
         "cim_runtime_version": __version__,
         "model": {"name": recipe.name, "path": str(Path(request.model_dir).resolve()), "builder": recipe.builder,
                   "input_size_px": recipe.input_size_px, "classes": len(recipe.classes)},
         "data_root": str(Path(request.data_root).resolve()),
         "split": request.split if is_flowers102_root(Path(request.data_root)) else None,
         "batch_size": request.batch_size,
-        "backend": info.identity,
-        "conductance_window_s": [info.conductance_min_s, info.conductance_max_s],
+        "backend": identity,
+        "conductance_window_s": [window_min_s, window_max_s],
         "mapping": {
             "layers": len(plan.layers),
             "weights": sum(int(np.prod(spec.weight_shape)) for spec in plan.layers),
@@ -175,4 +196,36 @@ def run_inference(driver: ArrayDriver, request: InferenceRequest) -> InferenceOu
         "time_s": stage_s,
         "layers": layer_table(mapped, programming, network, programmed),
     }
+
+
+def run_programmed_inference(state_dir: Path, request: InferenceRequest) -> InferenceOutcome:
+    """Classify photos with a network programmed earlier by ``cim-run program``, without touching hardware."""
+    stage_s = {}
+    started = time.monotonic()
+    state = load_state(state_dir)
+    saved_model = state.meta["model"]
+    if request.model_dir is None:
+        request.model_dir = Path(saved_model["path"])
+    recipe, network = load_model(request.model_dir)
+    if file_sha256(Path(request.model_dir) / recipe.weights_file) != saved_model.get("weights_sha256"):
+        raise ConfigError(f"the weights in {request.model_dir} are not the ones programmed in {state_dir} "
+                          f"({saved_model.get('path')}); pass the same --model, or program this one with cim-run program")
+    dataset = open_dataset(request.data_root, recipe, request.split)
+    check_images_readable(dataset)
+    mapped = state.mapped()
+    programmed = with_weights(network, mapped.decode_weights(state.measured_pairs()))
+    stage_s["load"] = time.monotonic() - started
+
+    started = time.monotonic()
+    accuracy = classify(network, programmed, dataset, request.batch_size, request.progress)
+    stage_s["classify"] = time.monotonic() - started
+    cells = state.cells
+    tolerance_s = float(state.meta["programming"]["tolerance_s"])
+    targets = state.targets()
+    programming = WriteVerifyResult(targets, cells["measured_s"], cells["pulses"],
+                                    np.abs(cells["measured_s"] - targets.target_s) <= tolerance_s, tolerance_s,
+                                    float(state.meta["programming"]["time_s"]), int(state.meta["programming"]["rounds"]))
+    backend = (f"{state.meta['backend']} (saved state {state_dir})", *state.meta["conductance_window_s"])
+    summary = build_summary(request, recipe, mapped, backend, programming, network, programmed, accuracy, stage_s)
+    summary["write_verify_config"] = None
     return InferenceOutcome(summary, programming)

@@ -2,39 +2,16 @@
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from cim_runtime.errors import ConfigError
+from cim_runtime.files import atomic_write
 from cim_runtime.programming import WriteVerifyResult
 
 #: Cells drawn into the scatter plot; more only slows the plot down.
 SCATTER_POINTS = 20_000
-
-
-def _default_file_mode() -> int:
-    """Return the mode a newly created file gets under the process umask (mkstemp uses 0600)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        write(temporary)
-        os.chmod(temporary, _default_file_mode())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def check_output_folder(folder: Path, names: tuple[str, ...]) -> None:
@@ -53,13 +30,6 @@ def check_output_folder(folder: Path, names: tuple[str, ...]) -> None:
     for name in names:
         if (folder / name).is_dir():
             raise ConfigError(f"{folder / name} is a folder, so the result file cannot be written there; remove it or pick another --output")
-
-
-def write_json(path: Path, data: dict) -> None:
-    def write(temporary: str) -> None:
-        Path(temporary).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-
-    _atomic_write(path, write)
 
 
 def plot_programming(path: Path, result: WriteVerifyResult, seed: int = 0) -> None:
@@ -111,24 +81,6 @@ def save_figure(figure, path: Path) -> None:
         figure.savefig(temporary, dpi=110, format="png")
 
     try:
-        _atomic_write(path, write)
+        atomic_write(path, write)
     finally:
         plt.close(figure)
-
-
-def write_file_atomically(path: Path, write) -> None:
-    """Call ``write(temporary_path)``, then rename the temporary file over ``path``."""
-    _atomic_write(path, write)
-
-
-def write_csv(path: Path, rows: list[dict]) -> None:
-    """Write ``rows`` (dicts with the same keys) as CSV with a header line."""
-    import csv
-
-    def write(temporary: str) -> None:
-        with open(temporary, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else [])
-            writer.writeheader()
-            writer.writerows(rows)
-
-    _atomic_write(path, write)

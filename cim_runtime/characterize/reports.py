@@ -9,7 +9,8 @@ import numpy as np
 
 from cim_runtime.characterize.stability import EnduranceResult, ReadNoiseResult, RetentionResult
 from cim_runtime.characterize.trains import PulseTrainResult, RampResult
-from cim_runtime.report import save_figure, write_json
+from cim_runtime.files import write_json
+from cim_runtime.report import save_figure
 
 #: Header of the pulse-train CSV; ``cim-run fit`` recognizes files by it.
 PULSE_TRAIN_HEADER = ("cycle", "direction", "pulse", "cell", "conductance_s")

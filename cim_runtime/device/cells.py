@@ -67,6 +67,36 @@ class CellPopulation:
             self.cycles = np.zeros(count, dtype=np.int32)
             self.last_direction = np.zeros(count, dtype=np.int8)
 
+    # Saved state.
+
+    #: Per-cell attributes that pulses change; a checkpoint saves these and nothing drawn at creation.
+    MUTABLE_STATE = ("conductance_s", "range_min_s", "range_max_s", "direction", "last_pulse_s", "cycles", "last_direction", "stuck")
+
+    def state_of(self, index: slice) -> dict[str, np.ndarray]:
+        """Copy the mutable per-cell state of the cells in ``index``."""
+        return {name: np.array(value[index]) for name in self.MUTABLE_STATE
+                if isinstance(value := getattr(self, name, None), np.ndarray) and value.shape == (self.count,)}
+
+    def restore_state(self, index: slice, state: dict[str, np.ndarray]) -> None:
+        """Put back state from :meth:`state_of`; attributes missing from ``state`` stay as they are."""
+        for name, saved in state.items():
+            if name not in self.MUTABLE_STATE:
+                continue
+            if name == "stuck" and self.stuck is None:
+                self.stuck = np.zeros(self.count, dtype=np.int8)
+            current = getattr(self, name, None)
+            if not isinstance(current, np.ndarray) or current.shape != (self.count,) or current[index].shape != saved.shape:
+                raise ValueError(f"saved {name} does not fit this simulator")
+            current[index] = saved
+
+    @property
+    def rng_state(self) -> dict:
+        return self._rng.bit_generator.state
+
+    @rng_state.setter
+    def rng_state(self, state: dict) -> None:
+        self._rng.bit_generator.state = state
+
     # Draws.
 
     def _spread(self, mean: float, sigma: float):

@@ -9,7 +9,8 @@ import numpy as np
 from cim_runtime.device.config import save_device_config
 from cim_runtime.device.fitting import DeviceFit, mean_ramp
 from cim_runtime.device.readers import PulseTrainData
-from cim_runtime.report import save_figure, write_json
+from cim_runtime.files import write_json
+from cim_runtime.report import save_figure
 
 
 def plot_fit(path: Path, data: PulseTrainData, fit: DeviceFit) -> None:

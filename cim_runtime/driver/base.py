@@ -165,6 +165,28 @@ class ArrayDriver(abc.ABC):
         self._check_wait(duration_s)
         time.sleep(duration_s)
 
+    def device_model(self):
+        """Return the nominal device model of the cells (a :class:`~cim_runtime.device.DeviceConfig`), if known.
+
+        The adaptive write-verify scheme predicts pulses from it. Hardware backends return None unless
+        a fitted device file was given to them.
+        """
+        return None
+
+    def save_checkpoint(self, generation: int) -> None:
+        """Make the arrays' present state outlive this process, labelled ``generation``.
+
+        A programming session calls it after each step it journals. Real arrays keep their state by
+        themselves, so hardware backends do nothing here.
+        """
+
+    def restore_checkpoint(self, generation: int) -> None:
+        """Return the arrays to the state saved as ``generation``, before a resumed session goes on.
+
+        Hardware backends do nothing: their arrays still hold what was programmed, and the step that
+        was cut short is verified and finished from where its cells are.
+        """
+
     def close(self) -> None:
         """Release the hardware; calling it again does nothing."""
         if not self._closed:

@@ -24,13 +24,12 @@ def _int_option(options: dict[str, str], name: str, url: str) -> int | None:
 def _open_simulator(url: str, options: dict[str, str]) -> ArrayDriver:
     from cim_runtime.driver.simulator import SimulatorDriver
 
-    allowed = {"profile", "rows", "cols", "arrays", "seed"}
+    allowed = {"profile", "rows", "cols", "arrays", "seed", "state"}
     unknown = sorted(set(options) - allowed)
     if unknown:
         raise ConfigError(f"unknown option(s) {', '.join(unknown)} in {url!r}: sim:// takes {', '.join(sorted(allowed))}")
     kwargs = {name: value for name in ("rows", "cols", "arrays", "seed") if (value := _int_option(options, name, url)) is not None}
-    if "profile" in options:
-        kwargs["profile"] = options["profile"]
+    kwargs.update({name: options[name] for name in ("profile", "state") if name in options})
     return SimulatorDriver(**kwargs)
 
 

@@ -8,17 +8,21 @@ out; unknown options are errors.
 * ``rows``, ``cols``: cells per array, 1 to 4096. Default 256 x 256.
 * ``arrays``: arrays in the system, 1 to 1024. Default 64.
 * ``seed``: seed of every random draw (fabrication spread, pulse noise, read noise). Default 0.
+* ``state``: a folder for checkpoints of the arrays (see :mod:`cim_runtime.driver.sim_checkpoint`), so
+  that a programming run resumed in a new process finds the arrays as it left them. Default none.
 """
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 
 from cim_runtime.device import DEFAULT_PROFILE, CellPopulation, DeviceConfig, make_profile
+from cim_runtime.driver import sim_checkpoint
 from cim_runtime.driver.base import ArrayDriver, ArrayInfo
-from cim_runtime.errors import ConfigError
+from cim_runtime.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +51,7 @@ class SimulatorDriver(ArrayDriver):
         cols: int = 256,
         arrays: int = 64,
         seed: int = 0,
+        state: str | Path | None = None,
     ):
         super().__init__()
         for name, value, high in (("rows", rows, MAX_SIDE), ("cols", cols, MAX_SIDE), ("arrays", arrays, MAX_ARRAYS)):
@@ -59,6 +64,10 @@ class SimulatorDriver(ArrayDriver):
         self.cells = CellPopulation(self.profile, arrays * rows * cols, np.random.default_rng(seed))
         self._now_s = 0.0
         self._slot: np.ndarray | None = None
+        self._state_folder = Path(state) if state is not None else None
+        #: Arrays pulsed since the last checkpoint, and the file generation of every array saved so far.
+        self._dirty: set[int] = set()
+        self._saved_arrays: dict[int, int] = {}
         window_min_s, window_max_s = self.cells.window_s()
         self._info = ArrayInfo(
             rows=rows,
@@ -89,6 +98,10 @@ class SimulatorDriver(ArrayDriver):
         self._check_wait(duration_s)
         self._now_s += float(duration_s)
 
+    def device_model(self) -> DeviceConfig:
+        """Return the profile the simulated cells were drawn from, without their individual spread."""
+        return self.profile
+
     def true_conductance_s(self, array: int = 0) -> np.ndarray:
         """Return the noiseless conductance of one array, drift included; a simulator-only view."""
         return self._array_conductance(array)
@@ -117,6 +130,7 @@ class SimulatorDriver(ArrayDriver):
         if self._has_duplicates(flat):
             raise ConfigError("a cell is addressed twice in one pulse call; send one pulse per cell per call")
         self.cells.pulse(flat, amplitude_v.ravel(), width_s.ravel(), self._now_s)
+        self._dirty.update(np.unique(array).tolist())
         if width_s.size:
             self._now_s += float(width_s.max())
 
@@ -130,6 +144,41 @@ class SimulatorDriver(ArrayDriver):
             std = np.sqrt((voltages_v**2) @ (sigma * conductance) ** 2)
             currents = currents + std * self.cells.draw_normal(currents.shape)
         return currents
+
+    def _array_slice(self, array: int) -> slice:
+        size = self._shape[1] * self._shape[2]
+        return slice(array * size, (array + 1) * size)
+
+    def save_checkpoint(self, generation: int) -> None:
+        """Write the arrays pulsed since the last checkpoint, the clock and the generator to the state folder."""
+        if self._state_folder is None:
+            return
+        states = {array: self.cells.state_of(self._array_slice(array)) for array in sorted(self._dirty)}
+        meta = {"identity": self._info.identity, "now_s": self._now_s, "rng": self.cells.rng_state}
+        self._saved_arrays = sim_checkpoint.save(self._state_folder, generation, meta, states, self._saved_arrays)
+        self._dirty.clear()
+
+    def restore_checkpoint(self, generation: int) -> None:
+        """Load checkpoint ``generation`` into a simulator that has not been pulsed since it was opened."""
+        if generation == 0:
+            return
+        if self._state_folder is None:
+            raise ConfigError("the simulator was opened without a state folder, so the arrays of the interrupted run are gone; "
+                              "open it as sim://?state=FOLDER, or start the run again without --resume")
+        if self._dirty or self._saved_arrays:
+            raise ConfigError("restore_checkpoint needs a freshly opened simulator")
+        meta, states = sim_checkpoint.load(self._state_folder, generation)
+        if meta.get("identity") != self._info.identity:
+            raise DataError(f"simulator checkpoint in {self._state_folder} belongs to {meta.get('identity')!r}, "
+                            f"not to {self._info.identity!r}; open the simulator with the same profile, geometry and seed")
+        try:
+            for array, state in states.items():
+                self.cells.restore_state(self._array_slice(array), state)
+            self.cells.rng_state = meta["rng"]
+            self._now_s = float(meta["now_s"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise DataError(f"simulator checkpoint {generation} in {self._state_folder} does not fit this simulator ({exc})") from None
+        self._saved_arrays = {int(array): int(saved) for array, saved in meta["arrays"].items()}
 
     def _close(self) -> None:
         logger.info("closed simulator %s", self._info.identity)

@@ -12,16 +12,30 @@ from cim_runtime.mapping.lowering import (
     weight_to_matrices,
 )
 from cim_runtime.mapping.network import MappedNetwork, map_network
-from cim_runtime.mapping.tiling import CellTargets, Tile, TilePlan, cell_targets, check_tile_size, gather_pairs, plan_tiles
+from cim_runtime.mapping.tiling import (
+    CellTargets,
+    Chunk,
+    Tile,
+    TilePlan,
+    array_chunks,
+    cell_targets,
+    cells_to_pairs,
+    check_tile_size,
+    gather_pairs,
+    plan_tiles,
+)
 
 __all__ = [
     "CellTargets",
+    "Chunk",
     "ConductanceWindow",
     "LayerSpec",
     "MappedNetwork",
     "Tile",
     "TilePlan",
+    "array_chunks",
     "cell_targets",
+    "cells_to_pairs",
     "check_tile_size",
     "decode_pair",
     "encode_pair",

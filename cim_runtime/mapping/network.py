@@ -49,6 +49,7 @@ def map_network(
     tile_cols: int,
     array_rows: int,
     array_cols: int,
+    spare_pairs: int = 0,
 ) -> MappedNetwork:
     """Lower, encode and tile every Conv2d and Linear layer of ``network``.
 
@@ -56,6 +57,7 @@ def map_network(
         window: conductance range targets may use, normally the backend's window.
         tile_rows, tile_cols: largest tile in physical cells; ``tile_cols`` must be even.
         array_rows, array_cols: size of one physical array.
+        spare_pairs: column pairs kept free on every array for moving columns with stuck cells.
     """
     layers = mappable_layers(network)
     if not layers:
@@ -67,5 +69,5 @@ def map_network(
         scales[name] = weight_scale(matrices, window)
         pairs[name] = encode_pair(matrices, scales[name], window)
         specs.append(spec)
-    plan = plan_tiles(specs, tile_rows, tile_cols, array_rows, array_cols)
+    plan = plan_tiles(specs, tile_rows, tile_cols, array_rows, array_cols, spare_pairs)
     return MappedNetwork(plan, window, scales, pairs)

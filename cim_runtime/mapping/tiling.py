@@ -47,6 +47,13 @@ class TilePlan:
     tile_cols: int
     layers: list[LayerSpec]
     tiles: list[Tile] = field(default_factory=list)
+    #: Column pairs kept free at the right edge of every array, for moving columns with stuck cells.
+    spare_pairs: int = 0
+
+    @property
+    def spare_col_start(self) -> int:
+        """First physical column of the spare columns on every array."""
+        return self.array_cols - 2 * self.spare_pairs
 
     @property
     def arrays_used(self) -> int:
@@ -69,6 +76,7 @@ class TilePlan:
                 "tile_rows": self.tile_rows, "tile_cols": self.tile_cols,
                 "layers": [spec.to_dict() for spec in self.layers],
                 "tiles": [asdict(tile) for tile in self.tiles],
+                "spare_pairs": self.spare_pairs,
             }
         )
 
@@ -80,6 +88,7 @@ class TilePlan:
             tile_rows=raw["tile_rows"], tile_cols=raw["tile_cols"],
             layers=[LayerSpec.from_dict(spec) for spec in raw["layers"]],
             tiles=[Tile(**tile) for tile in raw["tiles"]],
+            spare_pairs=raw.get("spare_pairs", 0),
         )
 
 
@@ -107,10 +116,18 @@ def _cut(spec: LayerSpec, tile_rows: int, weight_cols: int) -> list[tuple[int, i
     return blocks
 
 
-def plan_tiles(layers: list[LayerSpec], tile_rows: int, tile_cols: int, array_rows: int, array_cols: int) -> TilePlan:
-    """Cut every layer into tiles and place them on arrays, starting at array 0."""
-    check_tile_size(tile_rows, tile_cols, array_rows, array_cols)
-    plan = TilePlan(array_rows, array_cols, tile_rows, tile_cols, list(layers))
+def plan_tiles(layers: list[LayerSpec], tile_rows: int, tile_cols: int, array_rows: int, array_cols: int, spare_pairs: int = 0) -> TilePlan:
+    """Cut every layer into tiles and place them on arrays, starting at array 0.
+
+    Args:
+        spare_pairs: column pairs to keep free at the right edge of every array.
+    """
+    if not 0 <= 2 * spare_pairs < array_cols:
+        raise ConfigError(f"{spare_pairs} spare column pairs do not fit arrays of {array_cols} columns: use 0 to {(array_cols - 1) // 2}")
+    usable_cols = array_cols - 2 * spare_pairs
+    check_tile_size(tile_rows, tile_cols, array_rows, usable_cols)
+    plan = TilePlan(array_rows, array_cols, tile_rows, tile_cols, list(layers), spare_pairs=spare_pairs)
+    array_cols = usable_cols
     array, shelf_row, shelf_height, next_col = 0, 0, 0, 0
     for spec in layers:
         for group, row_start, rows, col_start, cols in _cut(spec, tile_rows, tile_cols // 2):
@@ -166,15 +183,49 @@ def cell_targets(plan: TilePlan, pairs: dict[str, tuple[np.ndarray, np.ndarray]]
 
 def gather_pairs(plan: TilePlan, conductance_s: dict[int, np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Rebuild per-layer (G+, G-) matrices from whole-array conductance maps keyed by array index."""
+    values = [conductance_s[tile.array][_tile_cells(tile)].ravel() for tile in plan.tiles]
+    return cells_to_pairs(plan, np.concatenate(values) if values else np.zeros(0))
+
+
+def cells_to_pairs(plan: TilePlan, values: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Rebuild per-layer (G+, G-) matrices from one value per cell in :func:`cell_targets` order."""
+    if values.shape != (plan.cells_used,):
+        raise ConfigError(f"expected {plan.cells_used} cell values for this plan, got shape {values.shape}")
     pairs = {}
     for spec in plan.layers:
         shape = (spec.groups, spec.matrix_rows, spec.matrix_cols)
         pairs[spec.name] = (np.full(shape, np.nan), np.full(shape, np.nan))
+    start = 0
     for tile in plan.tiles:
-        positive, negative = pairs[tile.layer]
+        stop = start + 2 * tile.rows * tile.cols
         block = np.s_[tile.group, tile.row_start : tile.row_start + tile.rows, tile.col_start : tile.col_start + tile.cols]
-        tile_rows, tile_cols = _tile_cells(tile)
-        measured = conductance_s[tile.array][tile_rows, tile_cols]
-        positive[block] = measured[..., 0]
-        negative[block] = measured[..., 1]
+        measured = values[start:stop].reshape(tile.rows, tile.cols, 2)
+        pairs[tile.layer][0][block] = measured[..., 0]
+        pairs[tile.layer][1][block] = measured[..., 1]
+        start = stop
     return pairs
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """The tiles of one array: a contiguous range of cells in :func:`cell_targets` order."""
+
+    array: int
+    tiles: tuple[int, ...]
+    cell_start: int
+    cell_stop: int
+
+
+def array_chunks(plan: TilePlan) -> list[Chunk]:
+    """Group the plan's tiles by array, in plan order (the shelf packer fills arrays one after another)."""
+    chunks: list[Chunk] = []
+    start = 0
+    for position, tile in enumerate(plan.tiles):
+        stop = start + 2 * tile.rows * tile.cols
+        if chunks and chunks[-1].array == tile.array:
+            last = chunks[-1]
+            chunks[-1] = Chunk(last.array, (*last.tiles, position), last.cell_start, stop)
+        else:
+            chunks.append(Chunk(tile.array, (position,), start, stop))
+        start = stop
+    return chunks

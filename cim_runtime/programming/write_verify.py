@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from cim_runtime.driver import ArrayDriver
 from cim_runtime.errors import ConfigError
-from cim_runtime.device.config import PulseLaw
+from cim_runtime.device.config import DeviceConfig, PulseLaw
 from cim_runtime.mapping import CellTargets
 from cim_runtime.programming.schemes import SCHEMES, make_scheme
 
@@ -34,6 +34,8 @@ class WriteVerifyConfig:
 
     #: Half-width of the acceptance band as a fraction of the backend's conductance window.
     tolerance_rel: float = 0.01
+    #: Half-width of the acceptance band in siemens; when set, it replaces ``tolerance_rel``.
+    tolerance_s: float | None = None
     #: Amplitude magnitude of the first pulse in a direction, in volts.
     start_amplitude_v: float = 0.75
     #: Floor of the start amplitude, in volts; set it near the device's switching threshold.
@@ -48,6 +50,13 @@ class WriteVerifyConfig:
     width_s: float = 100e-6
     #: Pulse budget per cell.
     max_pulses: int = 100
+    #: Budget of summed pulse widths per cell, in seconds; no budget if None.
+    max_cell_time_s: float | None = None
+    #: Reads averaged into each verify value, after ``discard_reads`` warm-up reads that are thrown away.
+    reads_per_verify: int = 1
+    discard_reads: int = 0
+    #: Extra verify rounds a cell must read inside its band before it is accepted.
+    confirm_reads: int = 0
     #: Wall-clock budget of the whole run, in seconds.
     max_time_s: float = 3600.0
     #: Voltage of every verify read, in volts; the backend default if None.
@@ -89,6 +98,13 @@ class WriteVerifyConfig:
             raise ConfigError(f"adaptive_reversal_shrink={self.adaptive_reversal_shrink} is invalid: must be above 0 and at most 1")
         if not 0 < self.adaptive_aim <= 1 or not self.adaptive_levels >= 1:
             raise ConfigError(f"adaptive_aim={self.adaptive_aim} must be in (0, 1] and adaptive_levels={self.adaptive_levels} at least 1")
+        if self.tolerance_s is not None and not self.tolerance_s > 0:
+            raise ConfigError(f"tolerance_s={self.tolerance_s} is invalid: must be above 0 siemens")
+        if self.reads_per_verify < 1 or self.discard_reads < 0 or self.confirm_reads < 0:
+            raise ConfigError(f"reads_per_verify={self.reads_per_verify} must be at least 1, and discard_reads={self.discard_reads} "
+                              f"and confirm_reads={self.confirm_reads} at least 0")
+        if self.max_cell_time_s is not None and not self.max_cell_time_s > 0:
+            raise ConfigError(f"max_cell_time_s={self.max_cell_time_s} is invalid: must be above 0 seconds")
         if self.max_pulses < 0 or self.max_time_s <= 0:
             raise ConfigError(f"max_pulses={self.max_pulses} and max_time_s={self.max_time_s} must be at least 0 and above 0")
 
@@ -137,9 +153,24 @@ def _check_amplitudes(driver: ArrayDriver, config: WriteVerifyConfig) -> None:
             raise ConfigError(f"pulse width {width:g} s is outside the backend range {info.pulse_width_min_s:g}..{info.pulse_width_max_s:g} s")
 
 
+def tolerance_for(config: WriteVerifyConfig, window_s: float) -> float:
+    """Band half-width in siemens: ``tolerance_s`` if set, else ``tolerance_rel`` of the window."""
+    return config.tolerance_s if config.tolerance_s is not None else config.tolerance_rel * window_s
+
+
+def verify_read(driver: ArrayDriver, targets: CellTargets, cells: np.ndarray, config: WriteVerifyConfig) -> np.ndarray:
+    """Read ``cells``, drop the warm-up reads and average the rest."""
+    total = np.zeros(cells.size)
+    for repeat in range(config.discard_reads + config.reads_per_verify):
+        values = driver.read(targets.row[cells], targets.col[cells], array=targets.array[cells], read_voltage_v=config.read_voltage_v)
+        if repeat >= config.discard_reads:
+            total += values
+    return total / config.reads_per_verify
+
+
 def write_verify(
     driver: ArrayDriver, targets: CellTargets, config: WriteVerifyConfig = WriteVerifyConfig(), *, progress: bool = True,
-    law: PulseLaw | None = None,
+    law: PulseLaw | None = None, device: DeviceConfig | None = None,
 ) -> WriteVerifyResult:
     """Program every cell of ``targets`` to its target conductance.
 
@@ -148,14 +179,23 @@ def write_verify(
 
     Args:
         law: the pulse law the adaptive scheme inverts; the default law of the presets if omitted.
+        device: a device model for the adaptive scheme to predict steps from; the backend's own
+            (:meth:`~cim_runtime.driver.ArrayDriver.device_model`) if omitted. It replaces ``law``.
     """
     _check_amplitudes(driver, config)
     info = driver.info()
-    tolerance_s = config.tolerance_rel * info.window_s
+    tolerance_s = tolerance_for(config, info.window_s)
     count = len(targets)
     measured = np.full(count, np.nan)
     pulses = np.zeros(count, dtype=np.int32)
-    scheme = make_scheme(config, count, info.window_s, law, info.pulse_width_min_s)
+    # Per-cell pulse time and confirmations cost memory only when their settings are in use.
+    pulse_time_s = np.zeros(count) if config.max_cell_time_s is not None else None
+    confirm_left = None
+    if config.confirm_reads:
+        confirm_left = np.full(count, config.confirm_reads, dtype=np.int32)
+    if device is None and law is None:
+        device = driver.device_model()
+    scheme = make_scheme(config, count, info.window_s, law, info.pulse_width_min_s, device)
     active = np.arange(count)
     started = time.monotonic()
     rounds = 0
@@ -163,24 +203,34 @@ def write_verify(
     with tqdm(total=count, desc="write-verify", unit="cell", disable=not progress) as bar:
         while active.size:
             rounds += 1
-            measured[active] = driver.read(
-                targets.row[active], targets.col[active], array=targets.array[active], read_voltage_v=config.read_voltage_v
-            )
+            measured[active] = verify_read(driver, targets, active, config)
             error = measured[active] - targets.target_s[active]
-            needs_pulse = (np.abs(error) > tolerance_s) & (pulses[active] < config.max_pulses)
+            in_band = np.abs(error) <= tolerance_s
+            accepted = in_band
+            if confirm_left is not None:
+                confirm_left[active[~in_band]] = config.confirm_reads
+                accepted = in_band & (confirm_left[active] == 0)
+                confirm_left[active[in_band & ~accepted]] -= 1
+            within_budget = pulses[active] < config.max_pulses
+            if pulse_time_s is not None:
+                within_budget &= pulse_time_s[active] < config.max_cell_time_s
+            needs_pulse = ~in_band & within_budget
             out_of_time = time.monotonic() - started > config.max_time_s
-            next_active = active[needs_pulse] if not out_of_time else active[:0]
+            next_active = active[needs_pulse | (in_band & ~accepted)] if not out_of_time else active[:0]
             bar.update(active.size - next_active.size)
             if out_of_time and needs_pulse.any():
                 logger.warning("write-verify stopped at its time budget of %g s with %d cells unfinished", config.max_time_s, needs_pulse.sum())
+            pulsed = active[needs_pulse]
             active = next_active
-            if not active.size:
-                break
+            if not active.size or not pulsed.size:
+                continue
 
             target_direction = np.where(error[needs_pulse] < 0, 1, -1).astype(np.int8)
-            amplitude, width = scheme.choose(active, target_direction, error[needs_pulse], measured[active])
-            driver.pulse(targets.row[active], targets.col[active], target_direction * amplitude, width, array=targets.array[active])
-            pulses[active] += 1
+            amplitude, width = scheme.choose(pulsed, target_direction, error[needs_pulse], measured[pulsed])
+            driver.pulse(targets.row[pulsed], targets.col[pulsed], target_direction * amplitude, width, array=targets.array[pulsed])
+            pulses[pulsed] += 1
+            if pulse_time_s is not None:
+                pulse_time_s[pulsed] += width
 
     in_tolerance = np.abs(measured - targets.target_s) <= tolerance_s
     result = WriteVerifyResult(targets, measured, pulses, in_tolerance, tolerance_s, time.monotonic() - started, rounds)

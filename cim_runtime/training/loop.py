@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from cim_runtime.device import make_profile
 from cim_runtime.errors import ConfigError, DataError
-from cim_runtime.report import write_csv, write_file_atomically
+from cim_runtime.files import atomic_write, write_csv
 from cim_runtime.training.datasets import TrainingData
 from cim_runtime.training.layers import classifier_name, mapped_layers
 from cim_runtime.training.models import build_training_network
@@ -255,7 +255,7 @@ class TrainingRun:
             "noise_generator": self.injector.generator.get_state() if self.injector else torch.empty(0),
             "history": self.history,
         }
-        write_file_atomically(self.checkpoint_path(), lambda temporary: torch.save(state, temporary))
+        atomic_write(self.checkpoint_path(), lambda temporary: torch.save(state, temporary))
 
     def load_checkpoint(self) -> None:
         """Restore the state saved after the last finished epoch.

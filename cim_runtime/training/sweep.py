@@ -11,7 +11,8 @@ import torch
 
 from cim_runtime.device import make_profile
 from cim_runtime.device.fitting import fit_exponential_ramp
-from cim_runtime.report import save_figure, write_csv, write_file_atomically
+from cim_runtime.files import atomic_write, write_csv
+from cim_runtime.report import save_figure
 from cim_runtime.training.datasets import TrainingData
 from cim_runtime.training.loop import Distributed, RunSpec, TrainingRun, TrainSettings
 from cim_runtime.training.torch_response import build_torch_curve
@@ -116,7 +117,7 @@ def write_results(output: Path, rows: list[dict], settings: TrainSettings, data:
     """Write ``results.csv``, ``results.md`` and ``sweep.png`` into ``output``."""
     write_csv(output / "results.csv", rows)
     text = results_markdown(rows, settings, data)
-    write_file_atomically(output / "results.md", lambda temporary: Path(temporary).write_text(text, encoding="utf-8"))
+    atomic_write(output / "results.md", lambda temporary: Path(temporary).write_text(text, encoding="utf-8"))
     plot_sweep(output / "sweep.png", rows)
 
 
