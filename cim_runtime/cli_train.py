@@ -112,6 +112,7 @@ def command_sweep(args: argparse.Namespace) -> int:
 
 
 def add_common_options(parser: argparse.ArgumentParser, output_folder, positive_int, default_output: str) -> None:
+    """Add the data, training, device and run options that ``train`` and ``sweep`` share."""
     parser.add_argument("--dataset", choices=DATASETS, default="imagefolder", help="dataset kind (default %(default)s)")
     parser.add_argument("--data-root", type=Path, required=True,
                         help="folder with torchvision's archive layout of the dataset or with class folders (train/<class>/, "
@@ -119,10 +120,12 @@ def add_common_options(parser: argparse.ArgumentParser, output_folder, positive_
     parser.add_argument("--classes", type=positive_int, help="train on the first N classes only (default: all)")
     parser.add_argument("--holdout-fraction", type=float, default=0.2,
                         help="fraction of each class held out for validation where the data has no validation split (default %(default)s)")
+
     parser.add_argument("--image-size", type=positive_int, default=32, help="network input side in pixels (default %(default)s)")
     parser.add_argument("--epochs", type=positive_int, default=10, help="training epochs per run (default %(default)s)")
     parser.add_argument("--batch-size", type=positive_int, default=64, help="images per batch and process (default %(default)s)")
     parser.add_argument("--lr", type=positive_float, default=0.05, help="peak SGD learning rate, cosine-annealed (default %(default)s)")
+
     parser.add_argument("--training", choices=("pulse", "noise-aware"), default="pulse",
                         help="pulse: weights move only by device pulses; noise-aware: digital training with device noise "
                              "and quantization injected (default %(default)s)")
@@ -130,6 +133,7 @@ def add_common_options(parser: argparse.ArgumentParser, output_folder, positive_
                         help="layers whose weights live on devices: every Conv2d and Linear, or the last Linear only (default %(default)s)")
     parser.add_argument("--freeze-features", action="store_true",
                         help="keep the feature layers fixed and train the classifier on features computed once (needs --device-layers classifier)")
+
     parser.add_argument("--rounding", choices=ROUNDINGS, default="stochastic", help="rounding of the desired change to pulses (default %(default)s)")
     parser.add_argument("--pulse-limit", type=positive_int, default=PulseSettings.pulse_limit,
                         help="maximum pulses per device and update (default %(default)s)")
@@ -139,9 +143,10 @@ def add_common_options(parser: argparse.ArgumentParser, output_folder, positive_
                         help="largest pulse amplitude of the non-identical scheme, in volts (default %(default)s)")
     parser.add_argument("--tolerance", type=float, default=TrainSettings.tolerance_rel,
                         help="write-verify tolerance that noise-aware training assumes, as a fraction of the conductance window (default %(default)s)")
+
     parser.add_argument("--seed", type=int, default=0, help="seed of every draw (default %(default)s)")
     parser.add_argument("--accelerator", choices=("auto", "cpu", "cuda"), default="auto",
-                        help="where to train: CUDA if present (auto), the CPU, or CUDA (default %(default)s)")
+                        help="where to train: auto (CUDA where torch finds it, else the CPU), cpu or cuda (default %(default)s)")
     parser.add_argument("--resume", action="store_true", help="continue the runs from their checkpoints in --output")
     parser.add_argument("--output", type=output_folder, default=Path(default_output), help="results folder (default %(default)s)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
