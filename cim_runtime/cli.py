@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from urllib.parse import urlencode
 
-from cim_runtime import __version__, cli_device, cli_program, cli_serial, log_to_screen
+from cim_runtime import __version__, cli_device, cli_program, cli_serial, cli_train, log_to_screen
 from cim_runtime.driver import DEFAULT_BACKEND_URL, open_driver, split_backend_url
 from cim_runtime.errors import CimError, ConfigError
 from cim_runtime.pipeline import InferenceRequest, run_inference, run_programmed_inference
@@ -206,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_backend_options(info)
     info.set_defaults(handler=command_info)
     cli_device.add_commands(commands, add_backend_options, output_folder, positive_int)
+    cli_train.add_commands(commands, output_folder, positive_int)
     cli_program.add_command(commands, add_backend_options, output_folder, parse_tile)
     cli_serial.add_commands(commands)
     return parser

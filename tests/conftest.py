@@ -29,3 +29,26 @@ def flowers_subset(tmp_path: Path, flowers_root: Path) -> Path:
         for photo in sorted((flowers_root / "valid" / folder).glob("*.jpg"))[:4]:
             (target / photo.name).symlink_to(photo)
     return root
+
+
+FOOD101 = SHARED_DATA / "images" / "food101_64px_10cls"
+STANFORD_CARS = SHARED_DATA / "images" / "stanford_cars_10cls"
+
+
+def shared_folder(folder: Path) -> Path:
+    """Return ``folder``, or skip the test where the real data beside the repository is absent."""
+    if not folder.is_dir():
+        pytest.skip(f"real photos not found at {folder}")
+    return folder
+
+
+@pytest.fixture
+def food101_root() -> Path:
+    """Ten Food-101 classes at 64 px in class folders under train/."""
+    return shared_folder(FOOD101 / "train").parent
+
+
+@pytest.fixture
+def cars_root() -> Path:
+    """Ten Stanford Cars classes in class folders."""
+    return shared_folder(STANFORD_CARS)
