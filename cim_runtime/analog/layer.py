@@ -1,0 +1,347 @@
+"""A Conv2d or Linear layer computed as the crossbar tiles compute it, batched over images and windows.
+
+Signal chain of one forward pass:
+
+1. The DAC turns the layer input into row read voltages: ``v = x * read_voltage_v / input_range``,
+   quantized to ``dac_bits`` (optionally sent bit-serially, one bit plane per read).
+2. Every tile multiplies its block of input rows by its block of conductances. All tiles of the layer
+   run as one grouped convolution: each row block of each group becomes one convolution group whose
+   kernel holds the block's conductances and zeros elsewhere, so no Python loop runs per image,
+   window or tile.
+3. Read noise is drawn per output: independent Gaussian cell noise on a column sums to one Gaussian
+   whose variance is ``v**2 @ (sigma * G)**2``, one more convolution.
+4. The ADC digitizes each tile's column currents (the pair current ``I+ - I-``, or each column
+   before a digital subtraction). Tile partial results are then summed digitally.
+5. The sum is scaled back to layer units (weight per siemens, input per volt), multiplied by the
+   drift-compensation gain, and the bias is added digitally.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cim_runtime.analog.config import AnalogConfig
+from cim_runtime.analog.converters import Quantizer, SaturationCounter, bit_planes
+from cim_runtime.analog.ir_drop import approximate_effective_conductance, exact_effective_conductance
+from cim_runtime.errors import ConfigError
+from cim_runtime.mapping import LayerSpec, Tile
+
+#: Values sampled from one batch to estimate a calibration percentile.
+CALIBRATION_SAMPLES = 1 << 20
+
+
+def row_blocks(spec: LayerSpec, tiles: list[Tile]) -> list[tuple[int, int]]:
+    """Return the (row_start, rows) blocks the tiles cut each group's matrix into, in row order."""
+    blocks = sorted({(tile.row_start, tile.rows) for tile in tiles})
+    covered = 0
+    for row_start, rows in blocks:
+        if row_start != covered:
+            raise ConfigError(f"the tiles of layer {spec.name!r} do not cover matrix rows {covered} to {row_start - 1}")
+        covered = row_start + rows
+    if covered != spec.matrix_rows:
+        raise ConfigError(f"the tiles of layer {spec.name!r} cover {covered} of its {spec.matrix_rows} matrix rows")
+    return blocks
+
+
+class AnalogLayer(nn.Module):
+    """A mapped layer computed from measured conductances through DAC, tiles and ADC.
+
+    Args:
+        spec: geometry of the layer.
+        tiles: the layer's tiles from the tile plan.
+        positive_s, negative_s: measured conductances G+ and G-, each ``(groups, matrix_rows, matrix_cols)``.
+        weight_scale: weight per siemens of differential conductance.
+        bias: the layer's bias, applied digitally; None for none.
+        config: the analog signal chain.
+        conductance_min_s: bottom of the conductance window, the level drift relaxes toward.
+    """
+
+    def __init__(self, spec: LayerSpec, tiles: list[Tile], positive_s, negative_s, weight_scale: float,
+                 bias: torch.Tensor | None, config: AnalogConfig, conductance_min_s: float):
+        super().__init__()
+        self.spec = spec
+        self.tiles = list(tiles)
+        self.config = config
+        self.weight_scale = float(weight_scale)
+        self.conductance_min_s = float(conductance_min_s)
+        self.blocks = row_blocks(spec, self.tiles)
+        self.noise_generator: torch.Generator | None = None
+        self.dac_saturation = SaturationCounter()
+        self.adc_saturation = SaturationCounter()
+        self.calibrating: str | None = None
+        self._calibration_stats: dict[str, float] = {}
+
+        self.register_buffer("positive_s", torch.as_tensor(np.asarray(positive_s), dtype=torch.float64).clone())
+        self.register_buffer("negative_s", torch.as_tensor(np.asarray(negative_s), dtype=torch.float64).clone())
+        self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
+        #: Input value that the DAC maps to the full read voltage.
+        self.register_buffer("input_range", torch.tensor(1.0))
+        self.register_buffer("input_signed", torch.tensor(True))
+        #: ADC full-scale range for whole reads and for bit-serial plane reads, in amperes; 0 until calibrated.
+        self.register_buffer("adc_range_a", torch.tensor(0.0, dtype=torch.float64))
+        self.register_buffer("plane_adc_range_a", torch.tensor(0.0, dtype=torch.float64))
+        #: Reference-read current per output column at calibration time, in amperes.
+        self.register_buffer("drift_reference_a", torch.zeros(spec.weight_shape[0], dtype=torch.float64))
+        self.register_buffer("output_gain", torch.ones(spec.weight_shape[0]))
+        self.prepare()
+
+    # Geometry and kernels.
+
+    @property
+    def kernel_size(self) -> tuple[int, int]:
+        return self.spec.kernel_size if self.spec.kind == "conv2d" else (1, 1)
+
+    def _block_channels(self) -> tuple[list[int], int]:
+        """Return the first input channel of each row block and the most channels any block spans."""
+        per_channel = self.kernel_size[0] * self.kernel_size[1]
+        firsts = [row_start // per_channel for row_start, _ in self.blocks]
+        spans = [(row_start + rows - 1) // per_channel - first + 1 for (row_start, rows), first in zip(self.blocks, firsts)]
+        return firsts, max(spans)
+
+    def effective_pairs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return G+ and G- as the columns see them, IR drop included, in siemens (float64)."""
+        positive, negative = self.positive_s, self.negative_s
+        resistance_ohm = self.config.wire_resistance_ohm
+        if resistance_ohm == 0:
+            return positive, negative
+        solve = exact_effective_conductance if self.config.ir_drop == "exact" else approximate_effective_conductance
+        positive, negative = positive.clone(), negative.clone()
+        for tile in self.tiles:
+            block = (tile.group, slice(tile.row_start, tile.row_start + tile.rows), slice(tile.col_start, tile.col_start + tile.cols))
+            # Physical layout of the tile: column 2j holds G+ and column 2j + 1 holds G- of weight column j.
+            physical = torch.stack([positive[block], negative[block]], dim=-1).reshape(tile.rows, 2 * tile.cols)
+            effective = torch.from_numpy(solve(physical.cpu().numpy(), resistance_ohm)).reshape(tile.rows, tile.cols, 2)
+            positive[block] = effective[..., 0].to(positive.device)
+            negative[block] = effective[..., 1].to(negative.device)
+        return positive, negative
+
+    def _kernel(self, matrices: torch.Tensor) -> torch.Tensor:
+        """Lay out ``(groups, parts, matrix_rows, matrix_cols)`` matrices as a grouped-convolution kernel.
+
+        Convolution group ``(g, b)`` sees the input channels of row block ``b`` of group ``g`` and
+        produces ``parts * matrix_cols`` outputs. Kernel entries of rows outside the block are zero.
+        """
+        groups, parts = matrices.shape[:2]
+        kernel_h, kernel_w = self.kernel_size
+        per_channel = kernel_h * kernel_w
+        firsts, span = self._block_channels()
+        kernel = matrices.new_zeros(groups, len(self.blocks), parts, self.spec.matrix_cols, span * per_channel)
+        for index, ((row_start, rows), first) in enumerate(zip(self.blocks, firsts)):
+            offset = row_start - first * per_channel
+            kernel[:, index, :, :, offset : offset + rows] = matrices[:, :, row_start : row_start + rows].transpose(-1, -2)
+        return kernel.reshape(-1, span, kernel_h, kernel_w).float().contiguous()
+
+    def _channel_index(self) -> torch.Tensor | None:
+        """Input channels gathered for the grouped convolution; None when it is the identity."""
+        firsts, span = self._block_channels()
+        channels_per_group = self.spec.matrix_rows // (self.kernel_size[0] * self.kernel_size[1])
+        index = []
+        for group in range(self.spec.groups):
+            for first in firsts:
+                # Channels past the group's end carry zero kernel weights; any valid channel will do.
+                local = np.minimum(first + np.arange(span), channels_per_group - 1)
+                index.append(group * channels_per_group + local)
+        index = np.concatenate(index)
+        if index.size == self.spec.groups * channels_per_group and np.array_equal(index, np.arange(index.size)):
+            return None
+        return torch.from_numpy(index).to(self.positive_s.device)
+
+    @property
+    def pair_columns(self) -> bool:
+        """Whether the ADC digitizes G+ and G- columns separately (digital subtraction with a real ADC)."""
+        return self.config.pair_subtraction == "digital" and self.config.adc_bits is not None
+
+    def prepare(self) -> None:
+        """Rebuild the convolution kernels from the conductances; call after changing them."""
+        positive, negative = self.effective_pairs()
+        if self.pair_columns:
+            signal = torch.stack([positive, negative], dim=1)
+            variance = signal**2
+        else:
+            # The difference is taken in float64 so that small weights keep their precision in float32.
+            signal = (positive - negative).unsqueeze(1)
+            variance = (positive**2 + negative**2).unsqueeze(1)
+        self.register_buffer("_signal_kernel", self._kernel(signal), persistent=False)
+        sigma = self.config.read_noise
+        variance_kernel = self._kernel(sigma**2 * variance) if sigma > 0 else None
+        self.register_buffer("_variance_kernel", variance_kernel, persistent=False)
+        self.register_buffer("_channel_gather", self._channel_index(), persistent=False)
+
+    def set_conductances(self, positive_s, negative_s) -> None:
+        """Replace the measured conductances (after a new read of the arrays) and rebuild the kernels."""
+        for buffer, values in ((self.positive_s, positive_s), (self.negative_s, negative_s)):
+            values = torch.as_tensor(np.asarray(values), dtype=torch.float64)
+            if values.shape != buffer.shape:
+                raise ConfigError(f"layer {self.spec.name!r}: conductances of shape {tuple(values.shape)} do not match {tuple(buffer.shape)}")
+            buffer.copy_(values)
+        self.prepare()
+
+    # Converters.
+
+    def dac(self) -> Quantizer:
+        signed = bool(self.input_signed)
+        full_scale_v = self.config.read_voltage_v * (2 if signed else 1)
+        return Quantizer(self.config.dac_bits, full_scale_v, signed)
+
+    def adc(self, plane: bool = False) -> Quantizer:
+        range_a = float(self.plane_adc_range_a if plane else self.adc_range_a)
+        if self.config.adc_bits is None or self.calibrating is not None:
+            return Quantizer(None, 1.0)
+        if range_a <= 0:
+            raise ConfigError(f"layer {self.spec.name!r} has no ADC range: calibrate the analog network before running it with adc_bits set")
+        # Each column of a pair carries the sign of the inputs; a pair difference carries either sign.
+        signed = not self.pair_columns or bool(self.input_signed)
+        return Quantizer(self.config.adc_bits, range_a, signed)
+
+    # Computation.
+
+    def _convolve(self, voltages_v: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+        spec = self.spec
+        groups = spec.groups * len(self.blocks)
+        if spec.kind == "linear":
+            return F.conv2d(voltages_v, kernel, groups=groups)
+        left, right, top, bottom = spec.padding_lrtb
+        if spec.padding_mode == "zeros" and left == right and top == bottom:
+            return F.conv2d(voltages_v, kernel, stride=spec.stride, padding=(top, left), dilation=spec.dilation, groups=groups)
+        return F.conv2d(voltages_v, kernel, stride=spec.stride, dilation=spec.dilation, groups=groups)
+
+    def _pad(self, voltages_v: torch.Tensor) -> torch.Tensor:
+        """Apply padding that the convolution call cannot (asymmetric or not zeros)."""
+        spec = self.spec
+        left, right, top, bottom = spec.padding_lrtb
+        if spec.kind == "linear" or not any(spec.padding_lrtb):
+            return voltages_v
+        if spec.padding_mode == "zeros" and left == right and top == bottom:
+            return voltages_v
+        mode = "constant" if spec.padding_mode == "zeros" else spec.padding_mode
+        return F.pad(voltages_v, spec.padding_lrtb, mode=mode)
+
+    def _noise(self, shape, like: torch.Tensor) -> torch.Tensor:
+        generator = self.noise_generator
+        if generator is not None and generator.device != like.device:
+            raise ConfigError(f"the read-noise generator is on {generator.device} but the layer runs on {like.device}; "
+                              "call AnalogNetwork.to() to move both")
+        return torch.randn(shape, generator=generator, device=like.device, dtype=like.dtype)
+
+    def tile_currents(self, voltages_v: torch.Tensor) -> torch.Tensor:
+        """Return noisy column currents of every tile, ``(N, groups, blocks, parts, matrix_cols, H, W)`` in amperes.
+
+        ``parts`` is 2 (G+ then G-) when the ADC digitizes each column, else 1 (the pair current).
+        """
+        gathered = voltages_v if self._channel_gather is None else voltages_v.index_select(1, self._channel_gather)
+        gathered = self._pad(gathered)
+        currents = self._convolve(gathered, self._signal_kernel)
+        if self._variance_kernel is not None:
+            variance = self._convolve(gathered * gathered, self._variance_kernel)
+            currents.addcmul_(variance.clamp_(min=0).sqrt_(), self._noise(currents.shape, currents))
+        parts = 2 if self.pair_columns else 1
+        return currents.view(currents.shape[0], self.spec.groups, len(self.blocks), parts, self.spec.matrix_cols, *currents.shape[2:])
+
+    def _digitize(self, currents: torch.Tensor, plane: bool) -> torch.Tensor:
+        """Digitize tile currents, subtract pairs and sum tile partial results: ``(N, groups, cols, H, W)``."""
+        if self.calibrating == "adc":
+            self._record("plane_adc" if plane else "adc", currents, signed=True)
+        digitized, saturated = self.adc(plane)(currents)
+        self.adc_saturation.add(currents.numel() if self.adc(plane).bits is not None else 0, saturated)
+        pair = digitized[:, :, :, 0] - digitized[:, :, :, 1] if digitized.shape[3] == 2 else digitized[:, :, :, 0]
+        return pair.sum(dim=2)
+
+    def _input_voltages(self, x: torch.Tensor) -> torch.Tensor:
+        scale = self.config.read_voltage_v / self.input_range
+        return x * scale.to(x.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch = x.shape[0]
+        if self.spec.kind == "linear":
+            x = x.reshape(batch, -1, 1, 1)
+        if self.calibrating == "input":
+            self._record("input", x, signed=False)
+        voltages = self._input_voltages(x)
+        dac = self.dac() if self.calibrating != "input" else Quantizer(None, 1.0)
+
+        if self.config.bit_serial and dac.bits is not None:
+            codes, saturated = dac.codes(voltages)
+            total = None
+            for bit, plane in enumerate(bit_planes(codes, dac.bits)):
+                weight = 2**bit * dac.step / self.config.read_voltage_v
+                partial = self._digitize(self.tile_currents(plane * self.config.read_voltage_v), plane=True) * weight
+                total = partial if total is None else total.add_(partial)
+        else:
+            voltages, saturated = dac(voltages)
+            total = self._digitize(self.tile_currents(voltages), plane=False)
+        self.dac_saturation.add(voltages.numel() if dac.bits is not None else 0, saturated)
+        return self._to_layer_units(total, batch)
+
+    def _to_layer_units(self, total: torch.Tensor, batch: int) -> torch.Tensor:
+        """Scale summed currents to layer outputs and apply drift gain and bias."""
+        scale = self.weight_scale * float(self.input_range) / self.config.read_voltage_v
+        output = total.reshape(batch, self.spec.weight_shape[0], *total.shape[3:])
+        gain = self.output_gain.view(1, -1, *([1] * (output.dim() - 2)))
+        output = output * (gain * scale)
+        if self.bias is not None:
+            output = output + self.bias.view(1, -1, *([1] * (output.dim() - 2)))
+        return output.reshape(batch, -1) if self.spec.kind == "linear" else output
+
+    # Calibration.
+
+    def _record(self, name: str, values: torch.Tensor, signed: bool) -> None:
+        """Keep the largest per-batch percentile of ``|values|`` (and, for inputs, whether any is negative)."""
+        flat = values.detach().reshape(-1)
+        if name == "input":
+            self._calibration_stats["input_min"] = min(self._calibration_stats.get("input_min", 0.0), float(flat.min()))
+        magnitude = flat.abs()
+        if self.config.calibration_percentile >= 100:
+            level = float(magnitude.max())
+        else:
+            if magnitude.numel() > CALIBRATION_SAMPLES:
+                magnitude = magnitude[:: magnitude.numel() // CALIBRATION_SAMPLES + 1]
+            level = float(torch.quantile(magnitude.float(), self.config.calibration_percentile / 100))
+        self._calibration_stats[name] = max(self._calibration_stats.get(name, 0.0), level)
+
+    def finish_input_calibration(self) -> None:
+        """Fix the DAC input range from the recorded inputs."""
+        level = self._calibration_stats.get("input", 0.0)
+        self.input_range.fill_(level if level > 0 else 1.0)
+        self.input_signed.fill_(self._calibration_stats.get("input_min", 0.0) < 0)
+
+    def finish_adc_calibration(self) -> None:
+        """Fix the ADC ranges from the recorded tile currents: ``2 * level`` signed, ``level`` unsigned."""
+        signed = not self.pair_columns or bool(self.input_signed)
+        for name, buffer in (("adc", self.adc_range_a), ("plane_adc", self.plane_adc_range_a)):
+            level = self._calibration_stats.get(name, 0.0)
+            if level > 0:
+                buffer.fill_(2 * level if signed else level)
+        self._calibration_stats = {}
+
+    # Drift.
+
+    def reference_currents_a(self) -> torch.Tensor:
+        """Return the reference-read current per output column, in amperes.
+
+        The reference read drives every row at ``read_voltage_v`` and sums G+ and G- of each pair
+        minus twice the window minimum, so the result tracks how far the cells sit above the level
+        that drift relaxes toward, whatever the sign of the weights.
+        """
+        excess = self.positive_s + self.negative_s - 2 * self.conductance_min_s
+        return (self.config.read_voltage_v * excess.sum(dim=1)).reshape(-1)
+
+    def record_drift_reference(self) -> None:
+        self.drift_reference_a.copy_(self.reference_currents_a())
+
+    def compensate_drift(self, mode: str) -> None:
+        """Set the output gain from a new reference read: ``none``, ``global`` or ``column``."""
+        present = self.reference_currents_a()
+        reference = self.drift_reference_a
+        if mode == "none" or not bool(reference.any()):
+            self.output_gain.fill_(1.0)
+            return
+        if mode == "global":
+            self.output_gain.fill_(float(reference.sum() / present.sum()) if float(present.sum()) > 0 else 1.0)
+            return
+        # Columns whose cells all sit at the window minimum carry no signal to scale; they keep gain 1.
+        usable = present > 1e-9 * float(present.abs().max())
+        gain = torch.where(usable, reference / torch.where(usable, present, torch.ones_like(present)), torch.ones_like(present))
+        self.output_gain.copy_(gain.float())
