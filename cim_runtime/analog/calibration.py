@@ -43,6 +43,7 @@ def calibrate(analog: AnalogNetwork, batches: Iterable) -> None:
         for stage in ("input", "adc"):
             for layer in layers:
                 layer.calibrating = stage
+                layer.prepare()
             try:
                 for images in batches:
                     analog(images.to(device))
@@ -55,6 +56,7 @@ def calibrate(analog: AnalogNetwork, batches: Iterable) -> None:
                 else:
                     layer.finish_adc_calibration()
     for layer in layers:
+        layer.prepare()
         layer.record_drift_reference()
         layer.output_gain.fill_(1.0)
     analog.reset_saturation()

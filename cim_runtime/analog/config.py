@@ -41,6 +41,9 @@ class AnalogConfig:
     #: Output correction for conductance drift, from a reference read: ``none``, ``global`` (one factor
     #: per layer) or ``column`` (one factor per output column).
     drift_compensation: str = "none"
+    #: Fuse read noise, ADC, saturation count and the sum of tile results into one loop with
+    #: ``torch.compile`` (needs a C++ compiler; the first call compiles for tens of seconds).
+    compile: bool = False
     #: Seed of the read-noise generator.
     seed: int = 0
 

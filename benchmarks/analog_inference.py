@@ -1,0 +1,105 @@
+"""Benchmark: images per second of plain torch, readback mode and analog mode on ResNet-18 and ResNet-50.
+
+Run: ``.venv/bin/python benchmarks/analog_inference.py [--batches 3] [--sizes 8 16]``.
+
+The networks are torchvision's ResNet-18 and ResNet-50 with 102 classes and random weights, mapped
+onto 256 x 256 arrays of the C4D1 window with the mapping targets as conductances (perfect
+programming). Analog mode uses an 8-bit DAC, an 8-bit ADC and read noise of 0.2 % per cell,
+calibrated on one random batch. Every mode runs the same random 224 x 224 batches, one after the
+other in this process, so the ratios compare like with like. Peak memory is the resident set size
+of a fresh child process per measurement. Prints one JSON line per measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import resource
+import time
+
+import torch
+import torchvision
+
+from cim_runtime.analog import AnalogConfig, calibrate, convert
+from cim_runtime.inference import with_weights
+from cim_runtime.mapping import ConductanceWindow
+
+WINDOW = ConductanceWindow(1.43e-3, 3.38e-3)
+ARRAY = 256
+ANALOG = AnalogConfig(dac_bits=8, adc_bits=8, read_noise_sigma_rel=0.002)
+MODES = ("torch", "readback", "analog", "analog-compiled")
+BUILDERS = {"resnet18": torchvision.models.resnet18, "resnet50": torchvision.models.resnet50}
+
+
+def build(name: str, mode: str) -> torch.nn.Module:
+    """Return the network of one mode, ready to run."""
+    torch.manual_seed(0)
+    network = BUILDERS[name](num_classes=102).eval()
+    if mode == "torch":
+        return network
+    config = AnalogConfig.from_dict({**ANALOG.to_dict(), "compile": mode == "analog-compiled"})
+    analog = convert(network, window=WINDOW, tile_rows=ARRAY, tile_cols=ARRAY, array_rows=ARRAY, array_cols=ARRAY,
+                     config=config, example_input=torch.randn(2, 3, 224, 224))
+    if mode == "readback":
+        return with_weights(network, analog.mapped.decode_weights(analog.mapped.target_pairs))
+    calibrate(analog, [torch.randn(8, 3, 224, 224)])
+    return analog
+
+
+def images_per_second(network: torch.nn.Module, batches: list[torch.Tensor]) -> float:
+    with torch.no_grad():
+        network(batches[0])
+        started = time.perf_counter()
+        for batch in batches:
+            network(batch)
+        elapsed = time.perf_counter() - started
+    return sum(batch.shape[0] for batch in batches) / elapsed
+
+
+def peak_memory_child(name: str, mode: str, batch_size: int, queue) -> None:
+    network = build(name, mode)
+    with torch.no_grad():
+        network(torch.randn(batch_size, 3, 224, 224))
+    queue.put(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
+
+
+def peak_memory_gib(name: str, mode: str, batch_size: int) -> float:
+    """Peak resident memory of a fresh process that builds one mode and runs one batch, in GiB."""
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    child = context.Process(target=peak_memory_child, args=(name, mode, batch_size, queue))
+    child.start()
+    value = queue.get()
+    child.join()
+    return value
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batches", type=int, default=3, help="timed batches per mode and batch size (default 3)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[8, 16], help="ResNet-18 batch sizes (default 8 16)")
+    parser.add_argument("--resnet50-batch", type=int, default=32, help="ResNet-50 batch size for the memory run (default 32)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
+    args = parser.parse_args()
+
+    networks = {mode: build("resnet18", mode) for mode in MODES}
+    for batch_size in args.sizes:
+        generator = torch.Generator().manual_seed(batch_size)
+        batches = [torch.randn(batch_size, 3, 224, 224, generator=generator) for _ in range(args.batches)]
+        rates = {mode: images_per_second(network, batches) for mode, network in networks.items()}
+        print(json.dumps({
+            "network": "resnet18", "batch_size": batch_size, "batches": args.batches, "threads": torch.get_num_threads(),
+            "images_per_second": rates,
+            "ratio_to_torch": {mode: rate / rates["torch"] for mode, rate in rates.items()},
+        }), flush=True)
+    if args.no_memory:
+        return
+    for name, batch_size in [("resnet18", max(args.sizes)), ("resnet50", args.resnet50_batch)]:
+        for mode in MODES:
+            print(json.dumps({"network": name, "batch_size": batch_size, "mode": mode,
+                              "peak_memory_gib": peak_memory_gib(name, mode, batch_size)}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
