@@ -243,12 +243,13 @@ def convert(
         pairs: measured (G+, G-) per layer; the mapping targets (perfect programming) if None.
     """
     network = copy.deepcopy(network).eval()
+    layer_names = analog_layer_names(network, keep_digital)
     folded: list[tuple[str, str]] = []
-    if fold_batchnorm:
+    if fold_batchnorm and any(isinstance(module, nn.BatchNorm2d) for module in network.modules()):
         sample = torch.randn(1, 3, 64, 64) if example_input is None else example_input
         network, folded = fold_batch_norms(network, sample)
     mapped = map_network(network, window, tile_rows=tile_rows, tile_cols=tile_cols, array_rows=array_rows, array_cols=array_cols,
-                         layer_names=analog_layer_names(network, keep_digital))
+                         layer_names=layer_names)
     return AnalogNetwork(network, mapped, mapped.target_pairs if pairs is None else pairs, config, folded)
 
 

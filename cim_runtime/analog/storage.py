@@ -14,6 +14,7 @@ Loading needs a network of the same architecture (for example a fresh
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -65,18 +66,18 @@ def load_analog(folder: Path, network: nn.Module) -> AnalogNetwork:
                           f"this version of cim-runtime reads version {FORMAT_VERSION}")
     state = torch.load(folder / STATE_FILE, weights_only=True)
 
-    skeleton = _skeleton(network, metadata["folded"], state)
     plan = TilePlan.from_json(json.dumps(metadata["plan"]))
     mapped = MappedNetwork(plan, ConductanceWindow(*metadata["window_s"]), {k: float(v) for k, v in metadata["scales"].items()}, {})
     placeholders = {}
     for spec in plan.layers:
         shape = (spec.groups, spec.matrix_rows, spec.matrix_cols)
         placeholders[spec.name] = (np.zeros(shape), np.zeros(shape))
-    analog = AnalogNetwork(skeleton, mapped, placeholders, AnalogConfig.from_dict(metadata["config"]),
-                           [tuple(pair) for pair in metadata["folded"]])
     try:
+        skeleton = _skeleton(network, metadata["folded"], state)
+        analog = AnalogNetwork(skeleton, mapped, placeholders, AnalogConfig.from_dict(metadata["config"]),
+                               [tuple(pair) for pair in metadata["folded"]])
         analog.network.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
+    except (AttributeError, RuntimeError) as exc:
         raise ConfigError(f"{folder / STATE_FILE} does not fit the given network: {exc}") from exc
     for layer in analog.analog_layers():
         layer.prepare()
@@ -86,8 +87,6 @@ def load_analog(folder: Path, network: nn.Module) -> AnalogNetwork:
 
 def _skeleton(network: nn.Module, folded: list[list[str]], state: dict) -> nn.Module:
     """Return an eval-mode copy of ``network`` shaped like the saved one: folded norms removed, biases added."""
-    import copy
-
     skeleton = copy.deepcopy(network).eval()
     for conv_name, norm_name in folded:
         set_submodule(skeleton, norm_name, nn.Identity())
