@@ -30,7 +30,7 @@ from cim_runtime.errors import ConfigError
 from cim_runtime.mapping import LayerSpec, Tile
 
 #: Values sampled from one batch to estimate a calibration percentile.
-CALIBRATION_SAMPLES = 1 << 20
+CALIBRATION_SAMPLES = 1 << 18
 
 
 def digitize_codes(currents: torch.Tensor, variance: torch.Tensor | None, noise: torch.Tensor | None,
@@ -305,7 +305,7 @@ class AnalogLayer(nn.Module):
         if variance is not None:
             currents.addcmul_(variance.sqrt_(), noise)
         if self.calibrating == "adc":
-            self._record("plane_adc" if plane else "adc", currents, signed=True)
+            self._record("plane_adc" if plane else "adc", currents)
         if adc.bits is not None:
             codes = currents.round_()
             low, high = torch.aminmax(codes)
@@ -325,7 +325,7 @@ class AnalogLayer(nn.Module):
         if self.spec.kind == "linear":
             x = x.reshape(batch, -1, 1, 1)
         if self.calibrating == "input":
-            self._record("input", x, signed=False)
+            self._record("input", x)
         voltages = x * (self.config.read_voltage_v / self.input_range).to(x.dtype)
         dac = self.dac()
         input_v, output_a = self._units()
@@ -358,7 +358,7 @@ class AnalogLayer(nn.Module):
 
     # Calibration.
 
-    def _record(self, name: str, values: torch.Tensor, signed: bool) -> None:
+    def _record(self, name: str, values: torch.Tensor) -> None:
         """Keep the largest per-batch percentile of ``|values|`` (and, for inputs, whether any is negative)."""
         flat = values.detach().reshape(-1)
         if name == "input":
@@ -369,7 +369,8 @@ class AnalogLayer(nn.Module):
         else:
             if magnitude.numel() > CALIBRATION_SAMPLES:
                 magnitude = magnitude[:: magnitude.numel() // CALIBRATION_SAMPLES + 1]
-            level = float(torch.quantile(magnitude.float(), self.config.calibration_percentile / 100))
+            rank = max(1, min(magnitude.numel(), round(self.config.calibration_percentile / 100 * magnitude.numel())))
+            level = float(torch.kthvalue(magnitude.float(), rank).values)
         self._calibration_stats[name] = max(self._calibration_stats.get(name, 0.0), level)
 
     def finish_input_calibration(self) -> None:
