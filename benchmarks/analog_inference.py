@@ -6,7 +6,7 @@ The networks are torchvision's ResNet-18 and ResNet-50 with 102 classes and rand
 onto 256 x 256 arrays of the C4D1 window with the mapping targets as conductances (perfect
 programming). Readback mode is the torch network with the weights decoded from those conductances.
 Analog mode folds batch norm and uses an 8-bit DAC, an 8-bit ADC and read noise of 0.2 % per cell,
-calibrated on one random batch; ``analog-compiled`` is the same with ``compile=True``. Every mode
+calibrated on one random batch. ``analog-compiled`` is the same with ``compile=True``. Every mode
 runs the same random 224 x 224 batches, alternating batch by batch in this process, so the ratios
 compare like with like. Peak memory is the maximum resident set size of a fresh child process that
 builds one mode and runs one batch. Prints one JSON line per measurement.

@@ -1,7 +1,7 @@
 """Every torchvision family the converter supports equals torch in ideal mode (no quantization, no noise).
 
 Random weights, one 32 x 32 image, 128 x 128 tiles. VGG's two 4096-wide hidden Linear layers stay
-digital here because mapping them alone takes over a gigabyte of float64 conductances; the last
+digital here, because mapping them alone takes over a gigabyte of float64 conductances. The last
 Linear layer and all convolutions are analog, and Linear layers of every size use the same path.
 """
 

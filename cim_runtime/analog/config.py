@@ -14,7 +14,7 @@ DRIFT_COMPENSATION = ("none", "global", "column")
 
 @dataclass(frozen=True)
 class AnalogConfig:
-    """How each mapped layer is computed by the arrays. The defaults are the ideal chain."""
+    """Settings of the DAC, tiles and ADC that compute each mapped layer; the defaults are the ideal chain."""
 
     #: DAC resolution per row; None is an ideal DAC.
     dac_bits: int | None = None
@@ -23,7 +23,7 @@ class AnalogConfig:
     #: Send each DAC code as ``dac_bits`` binary reads (one per bit plane) and add the digitized
     #: results with their bit weights. Needs ``dac_bits``.
     bit_serial: bool = False
-    #: Largest row read voltage magnitude, in volts: the DAC full scale is ``[0, V)`` for layers whose
+    #: Largest row read voltage magnitude ``V``, in volts. The DAC spans ``[0, V)`` for layers whose
     #: calibration inputs are all non-negative and ``[-V, V)`` otherwise.
     read_voltage_v: float = 0.1
     #: Relative read noise of each cell per MVM (sigma of the current over the cell's mean current).
@@ -42,7 +42,7 @@ class AnalogConfig:
     #: per layer) or ``column`` (one factor per output column).
     drift_compensation: str = "none"
     #: Fuse read noise, ADC, saturation count and the sum of tile results into one loop with
-    #: ``torch.compile`` (needs a C++ compiler; the first call compiles for tens of seconds).
+    #: ``torch.compile``. This needs a C++ compiler, and the first call compiles for tens of seconds.
     compile: bool = False
     #: Seed of the read-noise generator.
     seed: int = 0

@@ -208,10 +208,10 @@ class AnalogNetwork(nn.Module):
 
 
 def measured_pairs(driver: ArrayDriver, mapped: MappedNetwork) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Return per-layer (G+, G-) as the arrays hold them now, in siemens.
+    """Return per-layer (G+, G-) as the arrays store them now, in siemens.
 
-    The simulator returns its noiseless conductances (read noise is drawn per MVM by the analog
-    layers instead); other backends are read once with ``read_array``, read noise included.
+    The simulator returns its noiseless conductances, because the analog layers draw read noise per
+    MVM. Other backends are read once with ``read_array``, read noise included.
     """
     read = getattr(driver, "true_conductance_s", None) or driver.read_array
     return gather_pairs(mapped.plan, {array: read(array) for array in range(mapped.plan.arrays_used)})

@@ -102,8 +102,8 @@ class SaturationCounter:
 def bit_planes(codes: torch.Tensor, bits: int) -> list[torch.Tensor]:
     """Split signed integer codes into ``bits`` planes of sign times one magnitude bit, least significant first.
 
-    ``codes == sum(2**k * plane[k])`` and each plane holds only -1, 0 and 1, so a bit-serial DAC can
-    drive each plane as one read of -V, 0 or +V per row.
+    ``codes == sum(2**k * plane[k])``. Each plane contains only -1, 0 and 1, so a bit-serial DAC can
+    drive it as one read of -V, 0 or +V per row.
     """
     magnitude = codes.abs().to(torch.int64)
     sign = torch.sign(codes)

@@ -105,7 +105,7 @@ def approximate_effective_conductance(conductance_s: np.ndarray, wire_resistance
     """Return the first-order ``G_eff``: wire drops computed from the ideal cell currents.
 
     With ideal cell currents ``V[i] * G[i, k]``, the row wire drop at cell ``(i, j)`` is
-    ``r * V[i] * sum_k G[i, k] * (min(j, k) + 1)`` and the column wire potential at ``(i, j)`` is
+    ``r * V[i] * sum_k G[i, k] * (min(j, k) + 1)``. The column wire potential at ``(i, j)`` is
     ``r * sum_k V[k] * G[k, j] * (R - max(i, k))``. Both are linear in ``V``, which gives
     ``G_eff = G * (1 - r * (G @ M_row) - r * (M_col @ G))``.
     """

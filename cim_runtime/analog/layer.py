@@ -131,7 +131,7 @@ class AnalogLayer(nn.Module):
         positive, negative = positive.clone(), negative.clone()
         for tile in self.tiles:
             block = (tile.group, slice(tile.row_start, tile.row_start + tile.rows), slice(tile.col_start, tile.col_start + tile.cols))
-            # Physical layout of the tile: column 2j holds G+ and column 2j + 1 holds G- of weight column j.
+            # Physical layout of the tile: column 2j is G+ and column 2j + 1 is G- of weight column j.
             physical = torch.stack([positive[block], negative[block]], dim=-1).reshape(tile.rows, 2 * tile.cols)
             effective = torch.from_numpy(solve(physical.cpu().numpy(), resistance_ohm)).reshape(tile.rows, tile.cols, 2)
             positive[block] = effective[..., 0].to(positive.device)
@@ -141,8 +141,8 @@ class AnalogLayer(nn.Module):
     def _kernel(self, matrices: torch.Tensor) -> torch.Tensor:
         """Lay out ``(groups, parts, matrix_rows, matrix_cols)`` matrices as a grouped-convolution kernel.
 
-        Convolution group ``(g, b)`` sees the input channels of row block ``b`` of group ``g`` and
-        produces ``parts * matrix_cols`` outputs. Kernel entries of rows outside the block are zero.
+        Convolution group ``(g, b)`` reads the input channels of row block ``b`` of group ``g``. It
+        produces ``parts * matrix_cols`` outputs, and its kernel entries of rows outside the block are zero.
         """
         groups, parts = matrices.shape[:2]
         kernel_h, kernel_w = self.kernel_size
@@ -177,9 +177,9 @@ class AnalogLayer(nn.Module):
     def _units(self) -> tuple[float, float]:
         """Return (volts per kernel input unit, amperes per kernel output unit) of the present stage.
 
-        With a real DAC the convolution input is the DAC code (bit-serial: the plane value of -1, 0
-        or 1 at the read voltage), and with a real ADC the convolution output is in ADC steps, so
-        the converter scales live in the kernels and cost no pass over the data.
+        With a real DAC the convolution input is the DAC code, or for bit-serial input the plane
+        value of -1, 0 or 1 at the read voltage. With a real ADC the convolution output is in ADC
+        steps. So the converter scales live in the kernels and cost no pass over the data.
         """
         dac, adc = self.dac(), self.adc(plane=self.config.bit_serial)
         if self.config.bit_serial and dac.bits is not None:
@@ -220,7 +220,7 @@ class AnalogLayer(nn.Module):
     # Converters.
 
     def dac(self) -> Quantizer:
-        """The row DAC; ideal while the input range is being calibrated."""
+        """Return the row DAC, which is ideal while the input range is being calibrated."""
         if self.calibrating == "input":
             return Quantizer(None, 1.0)
         signed = bool(self.input_signed)
@@ -228,7 +228,7 @@ class AnalogLayer(nn.Module):
         return Quantizer(self.config.dac_bits, full_scale_v, signed)
 
     def adc(self, plane: bool = False) -> Quantizer:
-        """The column ADC (for bit-serial plane reads if ``plane``); ideal until calibrated."""
+        """Return the column ADC (for bit-serial plane reads if ``plane``), which is ideal until calibrated."""
         range_a = float(self.plane_adc_range_a if plane else self.adc_range_a)
         if self.config.adc_bits is None or self.calibrating is not None or range_a <= 0:
             return Quantizer(None, 1.0)
@@ -394,8 +394,8 @@ class AnalogLayer(nn.Module):
         """Return the reference-read current per output column, in amperes.
 
         The reference read drives every row at ``read_voltage_v`` and sums G+ and G- of each pair
-        minus twice the window minimum, so the result tracks how far the cells sit above the level
-        that drift relaxes toward, whatever the sign of the weights.
+        minus twice the window minimum. The result tracks how far the cells sit above the level that
+        drift relaxes toward, whatever the sign of the weights.
         """
         excess = self.positive_s + self.negative_s - 2 * self.conductance_min_s
         return (self.config.read_voltage_v * excess.sum(dim=1)).reshape(-1)
