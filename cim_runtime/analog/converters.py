@@ -59,12 +59,19 @@ class Quantizer:
     def code_max(self) -> int:
         return 2 ** (self.bits - 1) - 1 if self.signed else 2**self.bits - 1
 
-    def codes(self, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return the integer codes of ``values`` (as floats) and the number of saturated values."""
+    def codes(self, values: torch.Tensor, scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return the integer codes (as floats) of ``values * scale`` and the number of saturated values.
+
+        ``scale`` converts ``values`` to the converter's unit in the same pass as the rounding.
+        """
         if self.bits is None:
             raise ConfigError("an ideal converter (bits=None) has no codes")
-        raw = torch.round(values / self.step)
-        saturated = ((raw < self.code_min) | (raw > self.code_max)).sum()
+        raw = torch.round(values * (scale / self.step))
+        # Counting takes several passes over the data, so it runs only when a value is out of range.
+        low, high = torch.aminmax(raw)
+        if float(low) >= self.code_min and float(high) <= self.code_max:
+            return raw, raw.new_zeros((), dtype=torch.int64)
+        saturated = torch.count_nonzero(raw < self.code_min) + torch.count_nonzero(raw > self.code_max)
         return raw.clamp_(self.code_min, self.code_max), saturated
 
     def __call__(self, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

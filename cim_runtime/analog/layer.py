@@ -326,14 +326,14 @@ class AnalogLayer(nn.Module):
             x = x.reshape(batch, -1, 1, 1)
         if self.calibrating == "input":
             self._record("input", x)
-        voltages = x * (self.config.read_voltage_v / self.input_range).to(x.dtype)
+        volts_per_input = self.config.read_voltage_v / float(self.input_range)
         dac = self.dac()
         input_v, output_a = self._units()
 
         if dac.bits is None:
-            total = self._digitize(*self.tile_currents(voltages), plane=False)
+            total = self._digitize(*self.tile_currents(x * volts_per_input), plane=False)
         else:
-            codes, saturated = dac.codes(voltages)
+            codes, saturated = dac.codes(x, volts_per_input)
             self.dac_saturation.add(codes.numel(), saturated)
             if self.config.bit_serial:
                 total = None
