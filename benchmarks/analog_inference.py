@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import resource
 import statistics
 import time
 
@@ -65,16 +64,31 @@ def images_per_second(networks: dict[str, torch.nn.Module], batches: list[torch.
             for mode, network in networks.items():
                 started = time.perf_counter()
                 network(batch)
+                if batch.is_cuda:
+                    torch.cuda.synchronize()
                 seconds[mode].append(time.perf_counter() - started)
     size = batches[0].shape[0]
     return {mode: {"best": size / min(times), "median": size / statistics.median(times)} for mode, times in seconds.items()}
+
+
+def peak_resident_gib() -> float:
+    """Return this process's peak resident set size (``VmHWM``), in GiB.
+
+    ``getrusage`` is no use here: Linux keeps ``ru_maxrss`` across ``execve``, so a spawned child
+    would report the parent's peak. ``VmHWM`` belongs to the new address space only.
+    """
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**20
+    raise RuntimeError("VmHWM not found in /proc/self/status; peak memory needs Linux")
 
 
 def peak_memory_child(name: str, mode: str, batch_size: int, queue) -> None:
     network = build(name, mode)
     with torch.no_grad():
         network(torch.randn(batch_size, 3, 224, 224))
-    queue.put(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
+    queue.put(peak_resident_gib())
 
 
 def peak_memory_gib(name: str, mode: str, batch_size: int) -> float:
@@ -94,15 +108,18 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[8, 16], help="ResNet-18 batch sizes (default 8 16)")
     parser.add_argument("--resnet50-batch", type=int, default=32, help="ResNet-50 batch size for the memory run (default 32)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
+    parser.add_argument("--no-timing", action="store_true", help="skip the images-per-second runs")
     args = parser.parse_args()
 
-    networks = {mode: build("resnet18", mode) for mode in MODES}
-    for batch_size in args.sizes:
+    # NOTE: the CUDA branch has not been run; the published figures come from a CPU-only machine.
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    networks = {} if args.no_timing else {mode: build("resnet18", mode).to(device) for mode in MODES}
+    for batch_size in args.sizes if networks else []:
         generator = torch.Generator().manual_seed(batch_size)
-        batches = [torch.randn(batch_size, 3, 224, 224, generator=generator) for _ in range(args.batches)]
+        batches = [torch.randn(batch_size, 3, 224, 224, generator=generator).to(device) for _ in range(args.batches)]
         rates = images_per_second(networks, batches)
         print(json.dumps({
-            "network": "resnet18", "batch_size": batch_size, "batches": args.batches, "threads": torch.get_num_threads(),
+            "network": "resnet18", "batch_size": batch_size, "batches": args.batches, "device": device, "threads": torch.get_num_threads(),
             "images_per_second": rates,
             "ratio_to_torch": {mode: {kind: rate[kind] / rates["torch"][kind] for kind in rate} for mode, rate in rates.items()},
         }), flush=True)
