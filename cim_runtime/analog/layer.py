@@ -323,6 +323,9 @@ class AnalogLayer(nn.Module):
         self._check_calibrated()
         batch = x.shape[0]
         if self.spec.kind == "linear":
+            if x.dim() != 2:
+                raise ConfigError(f"layer {self.spec.name!r}: analog Linear layers take (batch, features) inputs, got shape {tuple(x.shape)}; "
+                                  "keep this layer digital with keep_digital")
             x = x.reshape(batch, -1, 1, 1)
         if self.calibrating == "input":
             self._record("input", x)
