@@ -22,6 +22,7 @@ from cim_runtime.analog import (
     save_analog,
 )
 from cim_runtime.analog.converters import bit_planes
+from cim_runtime.analog.layer import PARALLEL_NOISE_SIZE, standard_normal
 from cim_runtime.analog.ir_drop import approximate_effective_conductance, exact_effective_conductance, nodal_currents
 from cim_runtime.analog.reference import forward_through_driver
 from cim_runtime.device import make_profile
@@ -335,3 +336,27 @@ def test_load_rejects_other_architecture(tmp_path):
     save_analog(analog, tmp_path)
     with pytest.raises(ConfigError, match="does not fit"):
         load_analog(tmp_path, nn.Sequential(nn.Conv2d(3, 6, 3), nn.ReLU()))
+
+
+def test_compiled_path_equals_eager():
+    x = torch.randn(4, 3, 8, 8)
+    outputs, saturation = {}, {}
+    for compile_ in (False, True):
+        analog = convert_small(AnalogConfig(dac_bits=8, adc_bits=8, compile=compile_))
+        calibrate(analog, [x])
+        with torch.no_grad():
+            outputs[compile_] = analog(3 * x)
+        saturation[compile_] = analog.saturation()
+    assert torch.equal(outputs[True], outputs[False])
+    assert saturation[True] == saturation[False]
+    assert saturation[True]["adc"]["saturated"] > 0
+
+
+def test_threaded_noise_is_reproducible_and_normal():
+    like = torch.empty(0)
+    draws = [standard_normal((3, PARALLEL_NOISE_SIZE), torch.Generator().manual_seed(5), like) for _ in range(2)]
+    other = standard_normal((3, PARALLEL_NOISE_SIZE), torch.Generator().manual_seed(6), like)
+    assert torch.equal(draws[0], draws[1])
+    assert not torch.equal(draws[0], other)
+    assert abs(float(draws[0].mean())) < 0.01
+    assert abs(float(draws[0].std()) - 1) < 0.01

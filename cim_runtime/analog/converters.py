@@ -66,7 +66,8 @@ class Quantizer:
         """
         if self.bits is None:
             raise ConfigError("an ideal converter (bits=None) has no codes")
-        raw = torch.round(values * (scale / self.step))
+        # A float32 factor rounds as the compiled path does, which multiplies by the same tensor.
+        raw = torch.round(values * torch.tensor(scale / self.step, dtype=values.dtype, device=values.device))
         # Counting takes several passes over the data, so it runs only when a value is out of range.
         low, high = torch.aminmax(raw)
         if float(low) >= self.code_min and float(high) <= self.code_max:

@@ -18,6 +18,9 @@ Signal chain of one forward pass:
 
 from __future__ import annotations
 
+import math
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -34,7 +37,7 @@ CALIBRATION_SAMPLES = 1 << 18
 
 
 def digitize_codes(currents: torch.Tensor, variance: torch.Tensor | None, noise: torch.Tensor | None,
-                   code_min: float, code_max: float) -> tuple[torch.Tensor, torch.Tensor]:
+                   code_min: torch.Tensor, code_max: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Add noise, round to codes, count and clip saturated codes, and sum over row blocks (dimension 2)."""
     values = currents if variance is None else currents + variance.float().sqrt() * noise
     values = torch.round(values)
@@ -42,15 +45,53 @@ def digitize_codes(currents: torch.Tensor, variance: torch.Tensor | None, noise:
     return values.clamp(code_min, code_max).sum(dim=2), saturated
 
 
-_compiled_digitize = None
+def quantize_inputs(values: torch.Tensor, scale: torch.Tensor, code_min: torch.Tensor, code_max: torch.Tensor,
+                    square: bool) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Return the DAC codes of ``values * scale``, their squares in bfloat16 if ``square``, and the saturated count."""
+    raw = torch.round(values * scale)
+    saturated = ((raw < code_min) | (raw > code_max)).sum()
+    codes = raw.clamp(code_min, code_max)
+    squared = (codes * codes).to(torch.bfloat16) if square else None
+    return codes, squared, saturated
 
 
-def compiled_digitize():
-    """Return :func:`digitize_codes` compiled by ``torch.compile`` into one fused loop, compiling on first use."""
-    global _compiled_digitize
-    if _compiled_digitize is None:
-        _compiled_digitize = torch.compile(digitize_codes, dynamic=True)
-    return _compiled_digitize
+#: Draws at least this large are split over CPU threads.
+PARALLEL_NOISE_SIZE = 1 << 20
+
+_noise_pool: ThreadPoolExecutor | None = None
+
+
+def standard_normal(shape, generator: torch.Generator | None, like: torch.Tensor) -> torch.Tensor:
+    """Draw standard normal noise shaped ``shape``, reproducible for a given ``generator`` state.
+
+    On the CPU, ``torch.randn`` runs on one thread. Large draws are cut into one chunk per torch
+    thread. Each chunk gets its own generator seeded from ``generator``, so the result depends on the
+    seed and the thread count but not on thread timing.
+    """
+    global _noise_pool
+    threads = torch.get_num_threads()
+    size = math.prod(shape)
+    if like.device.type != "cpu" or threads < 2 or size < PARALLEL_NOISE_SIZE:
+        return torch.randn(shape, generator=generator, device=like.device, dtype=like.dtype)
+    if _noise_pool is None or _noise_pool._max_workers != threads:
+        _noise_pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="read-noise")
+    noise = torch.empty(shape, dtype=like.dtype)
+    seeds = torch.randint(0, 2**62, (threads,), generator=generator).tolist()
+    chunks = noise.view(-1).chunk(threads)
+    list(_noise_pool.map(lambda chunk, seed: chunk.normal_(generator=torch.Generator().manual_seed(seed)), chunks, seeds))
+    return noise
+
+
+_compiled: dict[str, object] = {}
+
+
+def compiled(function):
+    """Return ``function`` compiled by ``torch.compile`` into fused loops, compiling on first use."""
+    # NOTE: pass code limits and scales as 0-d tensors. With torch 2.14.1, a compiled function called
+    # first with float limits -128 and 127 kept clipping at 127 when later called with 0 and 255.
+    if function.__name__ not in _compiled:
+        _compiled[function.__name__] = torch.compile(function, dynamic=True)
+    return _compiled[function.__name__]
 
 
 def row_blocks(spec: LayerSpec, tiles: list[Tile]) -> list[tuple[int, int]]:
@@ -270,21 +311,26 @@ class AnalogLayer(nn.Module):
         if generator is not None and generator.device != like.device:
             raise ConfigError(f"the read-noise generator is on {generator.device} but the layer runs on {like.device}; "
                               "call AnalogNetwork.to() to move both")
-        return torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)
+        return standard_normal(like.shape, generator, like)
 
-    def tile_currents(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _gather(self, inputs: torch.Tensor) -> torch.Tensor:
+        gathered = inputs if self._channel_gather is None else inputs.index_select(1, self._channel_gather)
+        return self._pad(gathered)
+
+    def tile_currents(self, inputs: torch.Tensor, squared: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Return the noiseless column currents of every tile and the variance of their read noise.
 
         Both have the shape ``(N, groups, blocks, parts, matrix_cols, H, W)`` and the kernel units of
         :meth:`_units` (the variance in bfloat16, None without read noise). ``parts`` is 2 (G+ then
-        G-) when the ADC digitizes each column, else 1 (the pair current).
+        G-) when the ADC digitizes each column, else 1 (the pair current). ``squared`` is
+        ``inputs**2`` in bfloat16 where the caller has it already.
         """
-        gathered = inputs if self._channel_gather is None else inputs.index_select(1, self._channel_gather)
-        gathered = self._pad(gathered)
+        gathered = self._gather(inputs)
         currents = self._convolve(gathered, self._signal_kernel)
         variance = None
         if self._variance_kernel is not None:
-            variance = self._convolve(gathered.square().to(torch.bfloat16), self._variance_kernel)
+            squared = gathered.square().to(torch.bfloat16) if squared is None else self._gather(squared)
+            variance = self._convolve(squared, self._variance_kernel)
         parts = 2 if self.pair_columns else 1
         shape = (currents.shape[0], self.spec.groups, len(self.blocks), parts, self.spec.matrix_cols, *currents.shape[2:])
         return currents.view(shape), None if variance is None else variance.view(shape)
@@ -298,12 +344,13 @@ class AnalogLayer(nn.Module):
         adc = self.adc(plane)
         noise = None if variance is None else self._noise(currents)
         if self.config.compile and adc.bits is not None:
-            summed, saturated = compiled_digitize()(currents, variance, noise, float(adc.code_min), float(adc.code_max))
+            limits = torch.tensor([adc.code_min, adc.code_max], dtype=currents.dtype, device=currents.device)
+            summed, saturated = compiled(digitize_codes)(currents, variance, noise, limits[0], limits[1])
             self.adc_saturation.add(currents.numel(), saturated)
             return summed[:, :, 0] - summed[:, :, 1] if summed.shape[2] == 2 else summed[:, :, 0]
 
         if variance is not None:
-            currents.addcmul_(variance.sqrt_(), noise)
+            currents.addcmul_(variance.float().sqrt_(), noise)
         if self.calibrating == "adc":
             self._record("plane_adc" if plane else "adc", currents)
         if adc.bits is not None:
@@ -335,6 +382,11 @@ class AnalogLayer(nn.Module):
 
         if dac.bits is None:
             total = self._digitize(*self.tile_currents(x * volts_per_input), plane=False)
+        elif self.config.compile and not self.config.bit_serial:
+            scale, code_min, code_max = torch.tensor([volts_per_input / dac.step, dac.code_min, dac.code_max], dtype=x.dtype, device=x.device)
+            codes, squared, saturated = compiled(quantize_inputs)(x, scale, code_min, code_max, self._variance_kernel is not None)
+            self.dac_saturation.add(codes.numel(), saturated)
+            total = self._digitize(*self.tile_currents(codes, squared), plane=False)
         else:
             codes, saturated = dac.codes(x, volts_per_input)
             self.dac_saturation.add(codes.numel(), saturated)
