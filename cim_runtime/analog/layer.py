@@ -32,17 +32,20 @@ from cim_runtime.analog.ir_drop import approximate_effective_conductance, exact_
 from cim_runtime.errors import ConfigError
 from cim_runtime.mapping import LayerSpec, Tile
 
+#: Channel count that grouped convolution groups are padded to a multiple of.
+CHANNEL_ALIGNMENT = 16
+
 #: Values sampled from one batch to estimate a calibration percentile.
 CALIBRATION_SAMPLES = 1 << 18
 
 
 def digitize_codes(currents: torch.Tensor, variance: torch.Tensor | None, noise: torch.Tensor | None,
                    code_min: torch.Tensor, code_max: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Add noise, round to codes, count and clip saturated codes, and sum over row blocks (dimension 2)."""
+    """Add noise, round to codes, count and clip saturated codes, and sum over row blocks (dimension 4)."""
     values = currents if variance is None else currents + variance.float().sqrt() * noise
     values = torch.round(values)
     saturated = ((values < code_min) | (values > code_max)).sum()
-    return values.clamp(code_min, code_max).sum(dim=2), saturated
+    return values.clamp(code_min, code_max).sum(dim=4), saturated
 
 
 def quantize_inputs(values: torch.Tensor, scale: torch.Tensor, code_min: torch.Tensor, code_max: torch.Tensor,
@@ -160,7 +163,12 @@ class AnalogLayer(nn.Module):
         per_channel = self.kernel_size[0] * self.kernel_size[1]
         firsts = [row_start // per_channel for row_start, _ in self.blocks]
         spans = [(row_start + rows - 1) // per_channel - first + 1 for (row_start, rows), first in zip(self.blocks, firsts)]
-        return firsts, max(spans)
+        span = max(spans)
+        if len(self.blocks) > 1 and span >= CHANNEL_ALIGNMENT:
+            # oneDNN's grouped bfloat16 convolutions run about twice as fast on channel counts that are
+            # multiples of 16; the extra channels carry zero kernel weights.
+            span = -(-span // CHANNEL_ALIGNMENT) * CHANNEL_ALIGNMENT
+        return firsts, span
 
     def effective_pairs(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Return G+ and G- as the columns see them, IR drop included, in siemens (float64)."""
@@ -193,7 +201,7 @@ class AnalogLayer(nn.Module):
         for index, ((row_start, rows), first) in enumerate(zip(self.blocks, firsts)):
             offset = row_start - first * per_channel
             kernel[:, index, :, :, offset : offset + rows] = matrices[:, :, row_start : row_start + rows].transpose(-1, -2)
-        return kernel.reshape(-1, span, kernel_h, kernel_w).float().contiguous()
+        return kernel.reshape(-1, span, kernel_h, kernel_w).float().contiguous(memory_format=torch.channels_last)
 
     def _channel_index(self) -> torch.Tensor | None:
         """Input channels gathered for the grouped convolution; None when it is the identity."""
@@ -314,13 +322,21 @@ class AnalogLayer(nn.Module):
         return standard_normal(like.shape, generator, like)
 
     def _gather(self, inputs: torch.Tensor) -> torch.Tensor:
-        gathered = inputs if self._channel_gather is None else inputs.index_select(1, self._channel_gather)
+        """Select each convolution group's input channels, in channels-last memory order.
+
+        Grouped convolutions run about twice as fast on channels-last tensors on CPUs. Gathering
+        along the last axis of the NHWC view writes the result in that order at no extra cost.
+        """
+        if self._channel_gather is None:
+            gathered = inputs.contiguous(memory_format=torch.channels_last)
+        else:
+            gathered = inputs.permute(0, 2, 3, 1).index_select(3, self._channel_gather).permute(0, 3, 1, 2)
         return self._pad(gathered)
 
     def tile_currents(self, inputs: torch.Tensor, squared: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Return the noiseless column currents of every tile and the variance of their read noise.
 
-        Both have the shape ``(N, groups, blocks, parts, matrix_cols, H, W)`` and the kernel units of
+        Both have the shape ``(N, H, W, groups, blocks, parts, matrix_cols)`` and the kernel units of
         :meth:`_units` (the variance in bfloat16, None without read noise). ``parts`` is 2 (G+ then
         G-) when the ADC digitizes each column, else 1 (the pair current). ``squared`` is
         ``inputs**2`` in bfloat16 where the caller has it already.
@@ -331,12 +347,21 @@ class AnalogLayer(nn.Module):
         if self._variance_kernel is not None:
             squared = gathered.square().to(torch.bfloat16) if squared is None else self._gather(squared)
             variance = self._convolve(squared, self._variance_kernel)
+        return self._split_outputs(currents), None if variance is None else self._split_outputs(variance)
+
+    def _split_outputs(self, outputs: torch.Tensor) -> torch.Tensor:
+        """Return convolution outputs as a contiguous ``(N, H, W, groups, blocks, parts, matrix_cols)`` tensor.
+
+        The convolutions write channels-last outputs, so this is a view; the fused loops that follow
+        run fastest over contiguous memory.
+        """
         parts = 2 if self.pair_columns else 1
-        shape = (currents.shape[0], self.spec.groups, len(self.blocks), parts, self.spec.matrix_cols, *currents.shape[2:])
-        return currents.view(shape), None if variance is None else variance.view(shape)
+        batch, _, height, width = outputs.shape
+        nhwc = outputs.permute(0, 2, 3, 1).contiguous()
+        return nhwc.view(batch, height, width, self.spec.groups, len(self.blocks), parts, self.spec.matrix_cols)
 
     def _digitize(self, currents: torch.Tensor, variance: torch.Tensor | None, plane: bool) -> torch.Tensor:
-        """Add read noise, digitize, subtract pairs and sum tile partial results: ``(N, groups, cols, H, W)``.
+        """Add read noise, digitize, subtract pairs and sum tile partial results: ``(N, H, W, groups, cols)``.
 
         Works in place on ``currents``. With a real ADC the values are in ADC steps and the result is
         a sum of codes.
@@ -347,7 +372,7 @@ class AnalogLayer(nn.Module):
             limits = torch.tensor([adc.code_min, adc.code_max], dtype=currents.dtype, device=currents.device)
             summed, saturated = compiled(digitize_codes)(currents, variance, noise, limits[0], limits[1])
             self.adc_saturation.add(currents.numel(), saturated)
-            return summed[:, :, 0] - summed[:, :, 1] if summed.shape[2] == 2 else summed[:, :, 0]
+            return summed[..., 0, :] - summed[..., 1, :] if summed.shape[-2] == 2 else summed[..., 0, :]
 
         if variance is not None:
             currents.addcmul_(variance.float().sqrt_(), noise)
@@ -362,9 +387,8 @@ class AnalogLayer(nn.Module):
                 codes.clamp_(adc.code_min, adc.code_max)
             else:
                 self.adc_saturation.add(codes.numel(), 0)
-        if currents.shape[3] == 2:
-            return currents[:, :, :, 0].sum(dim=2) - currents[:, :, :, 1].sum(dim=2)
-        return currents[:, :, :, 0].sum(dim=2)
+        summed = currents.sum(dim=4)
+        return summed[..., 0, :] - summed[..., 1, :] if summed.shape[-2] == 2 else summed[..., 0, :]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_calibrated()
@@ -404,7 +428,7 @@ class AnalogLayer(nn.Module):
     def _to_layer_units(self, total: torch.Tensor, batch: int, output_a: float) -> torch.Tensor:
         """Scale summed outputs (in units of ``output_a`` amperes) to layer outputs; apply drift gain and bias."""
         scale = output_a * self.weight_scale * float(self.input_range) / self.config.read_voltage_v
-        output = total.reshape(batch, self.spec.weight_shape[0], *total.shape[3:])
+        output = total.reshape(batch, *total.shape[1:3], self.spec.weight_shape[0]).permute(0, 3, 1, 2)
         shape = (1, -1, *([1] * (output.dim() - 2)))
         output = output * (self.output_gain * scale).view(shape)
         if self.bias is not None:
