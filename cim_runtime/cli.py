@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from urllib.parse import urlencode
 
-from cim_runtime import __version__, cli_device, cli_program, cli_serial, cli_train, log_to_screen
+from cim_runtime import __version__, cli_analog, cli_device, cli_program, cli_serial, cli_train, log_to_screen
 from cim_runtime.driver import DEFAULT_BACKEND_URL, open_driver, split_backend_url
 from cim_runtime.errors import CimError, ConfigError
 from cim_runtime.pipeline import InferenceRequest, run_inference, run_programmed_inference
@@ -64,6 +64,7 @@ def print_summary(summary: dict) -> None:
         ("accuracy", f"digital {100 * summary['digital_accuracy']:.2f} %, programmed {100 * summary['programmed_accuracy']:.2f} % "
                      f"({summary['accuracy_difference_points']:+.2f} points), same prediction on "
                      f"{100 * summary['prediction_agreement']:.1f} % of images"),
+        *cli_analog.summary_lines(summary),
         ("time", ", ".join(f"{stage.replace('_', ' ')} {seconds:.1f} s" for stage, seconds in times.items())),
     ]
     for label, text in rows:
@@ -83,7 +84,7 @@ def command_infer(args: argparse.Namespace) -> int:
     request = InferenceRequest(
         model_dir=args.model or DEFAULT_MODEL_DIR, data_root=args.data_root, tile=args.tile, split=args.split,
         batch_size=args.batch_size, write_verify=WriteVerifyConfig(tolerance_rel=args.tolerance, scheme=args.scheme),
-        progress=not args.no_progress,
+        progress=not args.no_progress, analog=cli_analog.request_from_args(args),
     )
     with open_driver(url) as driver:
         outcome = run_inference(driver, request)
@@ -100,6 +101,10 @@ def command_infer_programmed(args: argparse.Namespace) -> int:
         verb, pronoun = ("affects", "it does") if len(conflicting) == 1 else ("affect", "they do")
         raise ConfigError(f"{', '.join(conflicting)} only {verb} programming, so {pronoun} not apply with --programmed, which reads "
                           "a saved state; pass it to cim-run program instead")
+    if args.mode == "analog":
+        # NOTE: analog mode needs the arrays themselves (MVM through the driver); a saved state holds only read conductances.
+        raise ConfigError("--mode analog needs the arrays and cannot run from a saved state; use --mode readback with --programmed, "
+                          "or run cim-run infer --mode analog without --programmed")
     check_output_folder(args.output, OUTPUT_FILES)
     if (args.output / "programmed.json").exists() or (args.output / "journal.jsonl").exists():
         raise ConfigError(f"--output {args.output} holds a cim-run program run, whose summary.json this would replace; "
@@ -200,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--output", type=output_folder, default=Path("cim-run-output"),
                        help="folder for summary.json and conductance.png (default %(default)s)")
     infer.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    cli_analog.add_options(infer)
     infer.set_defaults(handler=command_infer)
 
     info = commands.add_parser("info", help="print a backend's geometry and limits")

@@ -12,6 +12,7 @@ import torch
 from tqdm import tqdm
 
 from cim_runtime import __version__
+from cim_runtime.analog.evaluate import AnalogRequest, analog_summary, prepare_analog
 from cim_runtime.data import check_images_readable, is_flowers102_root, open_dataset
 from cim_runtime.driver import ArrayDriver
 from cim_runtime.errors import ConfigError, DataError
@@ -39,6 +40,8 @@ class InferenceRequest:
     batch_size: int = 64
     write_verify: WriteVerifyConfig = field(default_factory=WriteVerifyConfig)
     progress: bool = True
+    #: Analog-mode settings; None classifies with the read-back weights (readback mode).
+    analog: AnalogRequest | None = None
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -151,13 +154,21 @@ def run_inference(driver: ArrayDriver, request: InferenceRequest) -> InferenceOu
     programmed, _ = programmed_network(driver, network, mapped, progress=request.progress)
     stage_s["read_back"] = time.monotonic() - started
 
+    evaluated = programmed
+    if request.analog is not None:
+        started = time.monotonic()
+        evaluated = prepare_analog(driver, network, mapped, dataset, request.analog, request.batch_size)
+        stage_s["calibrate"] = time.monotonic() - started
+
     started = time.monotonic()
-    accuracy = classify(network, programmed, dataset, request.batch_size, request.progress)
+    accuracy = classify(network, evaluated, dataset, request.batch_size, request.progress)
     stage_s["classify"] = time.monotonic() - started
 
     info = driver.info()
     summary = build_summary(request, recipe, mapped, (info.identity, info.conductance_min_s, info.conductance_max_s),
                             programming, network, programmed, accuracy, stage_s)
+    if request.analog is not None:
+        summary["analog"] = analog_summary(evaluated, request.analog)
     return InferenceOutcome(summary, programming)
 
 
@@ -195,6 +206,7 @@ def build_summary(request: InferenceRequest, recipe, mapped: MappedNetwork, back
         "accuracy_difference_points": 100 * (accuracy["programmed_accuracy"] - accuracy["digital_accuracy"]),
         "time_s": stage_s,
         "layers": layer_table(mapped, programming, network, programmed),
+        "mode": "readback" if request.analog is None else "analog",
     }
 
 

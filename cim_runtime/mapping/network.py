@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,6 +51,7 @@ def map_network(
     array_rows: int,
     array_cols: int,
     spare_pairs: int = 0,
+    layer_names: Collection[str] | None = None,
 ) -> MappedNetwork:
     """Lower, encode and tile every Conv2d and Linear layer of ``network``.
 
@@ -58,8 +60,14 @@ def map_network(
         tile_rows, tile_cols: largest tile in physical cells; ``tile_cols`` must be even.
         array_rows, array_cols: size of one physical array.
         spare_pairs: column pairs kept free on every array for moving columns with stuck cells.
+        layer_names: map only these layers (the others stay digital); every mappable layer if None.
     """
     layers = mappable_layers(network)
+    if layer_names is not None:
+        unknown = sorted(set(layer_names) - {name for name, _ in layers})
+        if unknown:
+            raise ConfigError(f"layers {unknown} are not Conv2d or Linear layers of the network and cannot be mapped")
+        layers = [(name, module) for name, module in layers if name in layer_names]
     if not layers:
         raise ConfigError("the network has no Conv2d or Linear layer to map")
     specs, scales, pairs = [], {}, {}

@@ -1,0 +1,135 @@
+"""Benchmark: images per second of plain torch, readback mode and analog mode on ResNet-18 and ResNet-50.
+
+Run: ``.venv/bin/python benchmarks/analog_inference.py [--batches 3] [--sizes 8 16]``.
+
+The networks are torchvision's ResNet-18 and ResNet-50 with 102 classes and random weights, mapped
+onto 256 x 256 arrays of the C4D1 window with the mapping targets as conductances (perfect
+programming). Readback mode is the torch network with the weights decoded from those conductances.
+Analog mode folds batch norm and uses an 8-bit DAC, an 8-bit ADC and read noise of 0.2 % per cell,
+calibrated on one random batch. ``analog-compiled`` is the same with ``compile=True``. Every mode
+runs the same random 224 x 224 batches, alternating batch by batch in this process, so the ratios
+compare like with like. Peak memory is the maximum resident set size of a fresh child process that
+builds one mode and runs one batch. Prints one JSON line per measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import statistics
+import time
+
+import torch
+import torchvision
+
+from cim_runtime.analog import AnalogConfig, calibrate, convert
+from cim_runtime.inference import with_weights
+from cim_runtime.mapping import ConductanceWindow, map_network
+
+WINDOW = ConductanceWindow(1.43e-3, 3.38e-3)
+ARRAY = 256
+ANALOG = AnalogConfig(dac_bits=8, adc_bits=8, read_noise_sigma_rel=0.002)
+MODES = ("torch", "readback", "analog", "analog-compiled")
+BUILDERS = {"resnet18": torchvision.models.resnet18, "resnet50": torchvision.models.resnet50}
+
+
+def build(name: str, mode: str) -> torch.nn.Module:
+    """Return the network of one mode, ready to run."""
+    torch.manual_seed(0)
+    network = BUILDERS[name](num_classes=102).eval()
+    if mode == "torch":
+        return network
+    if mode == "readback":
+        mapped = map_network(network, WINDOW, tile_rows=ARRAY, tile_cols=ARRAY, array_rows=ARRAY, array_cols=ARRAY)
+        return with_weights(network, mapped.decode_weights(mapped.target_pairs))
+    config = AnalogConfig.from_dict({**ANALOG.to_dict(), "compile": mode == "analog-compiled"})
+    analog = convert(network, window=WINDOW, tile_rows=ARRAY, tile_cols=ARRAY, array_rows=ARRAY, array_cols=ARRAY,
+                     config=config, example_input=torch.randn(2, 3, 224, 224))
+    calibrate(analog, [torch.randn(8, 3, 224, 224)])
+    return analog
+
+
+def images_per_second(networks: dict[str, torch.nn.Module], batches: list[torch.Tensor]) -> dict[str, dict[str, float]]:
+    """Time every network on every batch, alternating networks batch by batch.
+
+    Alternating spreads the load of other processes over all modes alike. Returns, per mode, the
+    images per second of the fastest batch (the least disturbed one) and of the median batch.
+    """
+    seconds = {mode: [] for mode in networks}
+    with torch.no_grad():
+        for network in networks.values():
+            network(batches[0])
+        for batch in batches:
+            for mode, network in networks.items():
+                started = time.perf_counter()
+                network(batch)
+                if batch.is_cuda:
+                    torch.cuda.synchronize()
+                seconds[mode].append(time.perf_counter() - started)
+    size = batches[0].shape[0]
+    return {mode: {"best": size / min(times), "median": size / statistics.median(times)} for mode, times in seconds.items()}
+
+
+def peak_resident_gib() -> float:
+    """Return this process's peak resident set size (``VmHWM``), in GiB.
+
+    ``getrusage`` is no use here: Linux keeps ``ru_maxrss`` across ``execve``, so a spawned child
+    would report the parent's peak. ``VmHWM`` belongs to the new address space only.
+    """
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**20
+    raise RuntimeError("VmHWM not found in /proc/self/status; peak memory needs Linux")
+
+
+def peak_memory_child(name: str, mode: str, batch_size: int, queue) -> None:
+    network = build(name, mode)
+    with torch.no_grad():
+        network(torch.randn(batch_size, 3, 224, 224))
+    queue.put(peak_resident_gib())
+
+
+def peak_memory_gib(name: str, mode: str, batch_size: int) -> float:
+    """Peak resident memory of a fresh process that builds one mode and runs one batch, in GiB."""
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    child = context.Process(target=peak_memory_child, args=(name, mode, batch_size, queue))
+    child.start()
+    value = queue.get()
+    child.join()
+    return value
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batches", type=int, default=3, help="timed batches per mode and batch size (default 3)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[8, 16], help="ResNet-18 batch sizes (default 8 16)")
+    parser.add_argument("--resnet50-batch", type=int, default=32, help="ResNet-50 batch size for the memory run (default 32)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
+    parser.add_argument("--no-timing", action="store_true", help="skip the images-per-second runs")
+    args = parser.parse_args()
+
+    # NOTE: the CUDA branch has not been run; the published figures come from a CPU-only machine.
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    networks = {} if args.no_timing else {mode: build("resnet18", mode).to(device) for mode in MODES}
+    for batch_size in args.sizes if networks else []:
+        generator = torch.Generator().manual_seed(batch_size)
+        batches = [torch.randn(batch_size, 3, 224, 224, generator=generator).to(device) for _ in range(args.batches)]
+        rates = images_per_second(networks, batches)
+        print(json.dumps({
+            "network": "resnet18", "batch_size": batch_size, "batches": args.batches, "device": device, "threads": torch.get_num_threads(),
+            "images_per_second": rates,
+            "ratio_to_torch": {mode: {kind: rate[kind] / rates["torch"][kind] for kind in rate} for mode, rate in rates.items()},
+        }), flush=True)
+    if args.no_memory:
+        return
+    for name, batch_size in [("resnet18", max(args.sizes)), ("resnet50", args.resnet50_batch)]:
+        for mode in MODES:
+            print(json.dumps({"network": name, "batch_size": batch_size, "mode": mode,
+                              "peak_memory_gib": peak_memory_gib(name, mode, batch_size)}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""Analog-mode options of ``cim-run infer``: ``--mode analog`` with DAC, ADC, noise and drift settings."""
+
+from __future__ import annotations
+
+import argparse
+
+from cim_runtime.analog import AnalogConfig
+from cim_runtime.analog.config import DRIFT_COMPENSATION, IR_DROP_MODELS, PAIR_SUBTRACTION
+from cim_runtime.analog.evaluate import AnalogRequest
+from cim_runtime.errors import ConfigError
+
+ANALOG_ONLY = ("dac_bits", "adc_bits", "bit_serial", "read_noise", "wire_resistance_ohm", "time_since_programming_s")
+
+
+def bits(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of bits") from None
+    if not 1 <= value <= 24:
+        raise argparse.ArgumentTypeError(f"{value} bits is invalid: must be from 1 to 24")
+    return value
+
+
+def add_options(parser: argparse.ArgumentParser) -> None:
+    """Add the analog options to the ``infer`` parser."""
+    group = parser.add_argument_group("analog mode")
+    group.add_argument("--mode", choices=("readback", "analog"), default="readback",
+                       help="readback: classify with the weights read back from the arrays; analog: compute every mapped "
+                            "layer through DAC, tiles and ADC (default %(default)s)")
+    group.add_argument("--dac-bits", type=bits, help="DAC resolution in bits (default: ideal DAC)")
+    group.add_argument("--adc-bits", type=bits, help="ADC resolution in bits (default: ideal ADC)")
+    group.add_argument("--bit-serial", action="store_true", help="send each DAC code as one read per bit (needs --dac-bits)")
+    group.add_argument("--read-noise", type=float, metavar="SIGMA",
+                       help="relative read noise per cell and MVM (default: the simulator profile's read_sigma_rel)")
+    group.add_argument("--wire-resistance-ohm", type=float, default=0.0, help="resistance of each wire segment in ohms (default 0: no IR drop)")
+    group.add_argument("--ir-drop", choices=IR_DROP_MODELS, default="approximate", help="IR-drop model (default %(default)s)")
+    group.add_argument("--pair-subtraction", choices=PAIR_SUBTRACTION, default="analog",
+                       help="subtract G+ and G- currents before the ADC (analog) or after it (digital) (default %(default)s)")
+    group.add_argument("--calibration-batches", type=int, default=4, help="batches of images that set the converter ranges (default %(default)s)")
+    group.add_argument("--time-since-programming-s", type=float, default=0.0,
+                       help="seconds between programming and inference; the arrays drift meanwhile (default 0)")
+    group.add_argument("--drift-compensation", choices=DRIFT_COMPENSATION, default="none",
+                       help="output correction from a reference read after drift (default %(default)s)")
+    group.add_argument("--compile", action="store_true", help="fuse noise and ADC with torch.compile (needs a C++ compiler)")
+
+
+def request_from_args(args: argparse.Namespace) -> AnalogRequest | None:
+    """Return the analog request of ``--mode analog``, or None for readback mode.
+
+    Raises:
+        ConfigError: an analog option was given in readback mode.
+    """
+    if args.mode == "readback":
+        given = [name for name in ANALOG_ONLY if getattr(args, name) not in (None, False, 0.0)]
+        if given:
+            options = ", ".join("--" + name.replace("_", "-") for name in given)
+            raise ConfigError(f"{options} apply to --mode analog only; add --mode analog or drop them")
+        return None
+    config = AnalogConfig(
+        dac_bits=args.dac_bits, adc_bits=args.adc_bits, bit_serial=args.bit_serial, read_noise_sigma_rel=args.read_noise,
+        wire_resistance_ohm=args.wire_resistance_ohm, ir_drop=args.ir_drop, pair_subtraction=args.pair_subtraction,
+        drift_compensation=args.drift_compensation, compile=args.compile,
+        seed=args.seed if args.seed is not None else 0,
+    )
+    return AnalogRequest(config, args.calibration_batches, args.time_since_programming_s)
+
+
+def summary_lines(summary: dict) -> list[tuple[str, str]]:
+    """Lines that the analog mode adds to the printed summary."""
+    if summary.get("mode") != "analog":
+        return []
+    analog = summary["analog"]
+    config = analog["config"]
+
+    def resolution(value) -> str:
+        return "ideal" if value is None else f"{value} bit"
+
+    return [
+        ("analog", f"DAC {resolution(config['dac_bits'])}, ADC {resolution(config['adc_bits'])}, read noise "
+                   f"{100 * config['read_noise_sigma_rel']:.2f} %, {analog['time_since_programming_s']:g} s after programming"),
+        ("saturated", f"DAC {100 * analog['dac_saturation']['fraction']:.3f} %, ADC {100 * analog['adc_saturation']['fraction']:.3f} % "
+                      "of conversions"),
+    ]

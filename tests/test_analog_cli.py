@@ -1,0 +1,57 @@
+"""``cim-run infer --mode analog``: a real run on the bundled photos, and option errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from cim_runtime.zoo import DEFAULT_SAMPLE_DIR
+
+
+def cim_run(*args: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "cim_runtime.cli", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=600)
+
+
+def sample_with_two_classes(tmp_path: Path) -> Path:
+    root = tmp_path / "two_classes"
+    for folder in ("1", "2"):
+        shutil.copytree(DEFAULT_SAMPLE_DIR / folder, root / folder)
+    return root
+
+
+def test_analog_run_reports_converters(tmp_path):
+    result = cim_run("infer", "--data-root", str(sample_with_two_classes(tmp_path)), "--mode", "analog", "--dac-bits", "8",
+                     "--adc-bits", "8", "--calibration-batches", "1", "--batch-size", "8", "--output", str(tmp_path / "out"),
+                     "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert "DAC 8 bit, ADC 8 bit" in result.stdout
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["mode"] == "analog"
+    assert summary["analog"]["config"]["adc_bits"] == 8
+    assert summary["analog"]["config"]["read_noise_sigma_rel"] == 0.002
+    assert summary["analog"]["adc_saturation"]["conversions"] > 0
+    assert summary["programmed_accuracy"] >= summary["digital_accuracy"] - 0.2
+
+
+def test_readback_run_has_no_analog_section(tmp_path):
+    result = cim_run("infer", "--data-root", str(sample_with_two_classes(tmp_path)), "--output", str(tmp_path / "out"), "--no-progress")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["mode"] == "readback"
+    assert "analog" not in summary
+
+
+def test_analog_options_need_analog_mode(tmp_path):
+    result = cim_run("infer", "--adc-bits", "8", "--output", str(tmp_path / "out"), "--no-progress")
+    assert result.returncode == 2
+    assert "--adc-bits apply to --mode analog only" in result.stderr
+
+
+def test_bit_serial_needs_dac_bits(tmp_path):
+    result = cim_run("infer", "--mode", "analog", "--bit-serial", "--output", str(tmp_path / "out"), "--no-progress")
+    assert result.returncode == 2
+    assert "bit_serial=True needs dac_bits" in result.stderr
