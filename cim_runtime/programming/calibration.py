@@ -2,9 +2,9 @@
 
 For each tile, random read-voltage vectors drive the tile's rows and the driver measures the tile's
 column currents. Each physical column gets a straight line, measured = gain * expected + offset,
-fitted by least squares against the currents the programmed targets predict. Analog inference
-divides the offset out and the gain back; the spread of the gains also shows how well programming
-and readout agree column by column.
+fitted by least squares against the currents the programmed targets predict. The programmed state
+keeps the gains and offsets. Their spread shows how well programming and readout agree column by
+column.
 """
 
 from __future__ import annotations
