@@ -61,7 +61,8 @@ def print_summary(summary: dict) -> None:
                        f"{math.floor(1e5 * programming['fraction_in_tolerance']) / 1e3:.3f} % in tolerance of ±{programming['tolerance_s'] * 1e6:.1f} µS, "
                        f"{programming['failed_cells']:,} failed"),
         ("weights", f"relative error of programmed weights {summary['weight_relative_error']:.4f}"),
-        ("accuracy", f"digital {100 * summary['digital_accuracy']:.2f} %, programmed {100 * summary['programmed_accuracy']:.2f} % "
+        ("accuracy", f"digital {100 * summary['digital_accuracy']:.2f} %, {summary.get('mode', 'readback')} "
+                     f"{100 * summary['programmed_accuracy']:.2f} % "
                      f"({summary['accuracy_difference_points']:+.2f} points), same prediction on "
                      f"{100 * summary['prediction_agreement']:.1f} % of images"),
         *cli_analog.summary_lines(summary),

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 import sys
 import time
 
 from cim_runtime.errors import ConfigError
+
+
+#: Smallest frame payload the emulator accepts: room for a HELLO reply and a few cells per command.
+MIN_PAYLOAD = 256
 
 
 def command_emulate(args: argparse.Namespace) -> int:
@@ -16,6 +21,12 @@ def command_emulate(args: argparse.Namespace) -> int:
 
     if args.link_bytes_per_s is not None and args.link_bytes_per_s <= 0:
         raise ConfigError(f"--link-bytes-per-s {args.link_bytes_per_s} is invalid: must be above 0")
+    if args.tcp is not None and not 0 <= args.tcp <= 65535:
+        raise ConfigError(f"--tcp {args.tcp} is invalid: use a port from 1 to 65535, or 0 for a free one")
+    if args.max_payload < MIN_PAYLOAD:
+        raise ConfigError(f"--max-payload {args.max_payload} is invalid: a board needs at least {MIN_PAYLOAD} bytes per frame")
+    if args.pty_link is not None and not Path(args.pty_link).parent.is_dir():
+        raise ConfigError(f"--pty-link {args.pty_link} is invalid: its folder {Path(args.pty_link).parent} does not exist")
     faults = LinkFaults(
         drop_rate=args.drop_rate, corrupt_rate=args.corrupt_rate, duplicate_rate=args.duplicate_rate,
         delay_rate=args.delay_rate, delay_s=args.delay_s, reset_at_batch=args.reset_at_batch,
@@ -23,7 +34,11 @@ def command_emulate(args: argparse.Namespace) -> int:
     )
     simulator = CountingSimulator(args.device_profile, rows=args.rows, cols=args.cols, arrays=args.arrays, seed=args.seed)
     emulator = BoardEmulator(BoardFirmware(simulator, max_payload=args.max_payload), faults, args.link_bytes_per_s)
-    server = TcpBoardServer(emulator, args.tcp) if args.tcp is not None else PtyBoardServer(emulator, args.pty_link)
+    try:
+        server = TcpBoardServer(emulator, args.tcp) if args.tcp is not None else PtyBoardServer(emulator, args.pty_link)
+    except OSError as exc:
+        where = f"port {args.tcp} on 127.0.0.1" if args.tcp is not None else "a pseudo-terminal"
+        raise ConfigError(f"cannot serve on {where} ({exc.strerror or exc}); pick another port, or --tcp 0 for a free one") from None
     print(f"board emulator ready: use --backend '{server.url}'", flush=True)
     server.start()
     try:

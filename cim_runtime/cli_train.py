@@ -86,7 +86,7 @@ def report_train(args, data, settings, histories: dict, descriptions: dict) -> N
     print(f"{'data':<11} {data.description}")
     for name, history in histories.items():
         final = history[-1]
-        print(f"{name:<28} valid top-1 {100 * final['valid_top1']:6.2f} % after {final['epoch']} epochs "
+        print(f"{name:<28} valid top-1 {100 * final['valid_top1']:6.2f} % after {final['epoch']} epoch{'' if final['epoch'] == 1 else 's'} "
               f"(pulses per weight update {final['pulses_per_weight_update']:.3f})")
     print(f"{'results':<11} {args.output / 'summary.json'}, {args.output / 'accuracy.png'}, <run>/log.csv, <run>/checkpoint.pt")
 

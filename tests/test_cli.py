@@ -105,7 +105,7 @@ def test_end_to_end_on_real_photos(tmp_path, flowers_subset):
     assert summary["programming"]["fraction_in_tolerance"] == 1.0
     assert summary["mapping"]["tile_rows"] == 128
     assert f"digital {100 * summary['digital_accuracy']:.2f} %" in result.stdout
-    assert f"programmed {100 * summary['programmed_accuracy']:.2f} %" in result.stdout
+    assert f"readback {100 * summary['programmed_accuracy']:.2f} %" in result.stdout
     assert summary["prediction_agreement"] >= 0.8
     layers = summary["layers"]
     assert len(layers) == summary["mapping"]["layers"]

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
 import torch
 
 from cim_runtime.driver import SimulatorDriver, open_driver
-from cim_runtime.driver.serial import BoardArgumentError, BoardChangedError
+from cim_runtime.cli import main as cli_main
+from cim_runtime.driver.serial import BoardArgumentError, BoardChangedError, LinkGoneError
 from cim_runtime.errors import ConfigError, TransportError
 from cim_runtime.mapping import CellTargets, ConductanceWindow, map_network
 from cim_runtime.programming import WriteVerifyConfig, write_verify
@@ -38,9 +41,13 @@ def board(tmp_path):
         servers.append(server)
         return server.url + options, simulator
 
+    def stop_all():
+        for server in servers:
+            server.stop()
+
+    start.stop_all = stop_all
     yield start
-    for server in servers:
-        server.stop()
+    stop_all()
 
 
 def small_network() -> torch.nn.Module:
@@ -260,11 +267,57 @@ def test_pty_is_opened_exclusively(board):
         ("serial://dev/ttyACM0", "three slashes"),
         ("socket://127.0.0.1:1?retries=1.5", "whole number"),
         ("socket://127.0.0.1:1?frame_bytes=8", "frame_bytes=8"),
+        ("socket://127.0.0.1", "port from 1 to 65535"),
+        ("socket://127.0.0.1:99999", "port from 1 to 65535"),
+        ("socket://127.0.0.1:abc", "port from 1 to 65535"),
+        ("spy://", "three slashes"),
     ],
 )
 def test_bad_serial_url_is_rejected(url, fragment):
     with pytest.raises(ConfigError, match=fragment):
         open_driver(url)
+
+
+def test_board_that_stays_away_ends_the_operation_after_the_reconnect_window(board):
+    url, _ = board()
+    driver = open_driver(url + "?reconnect_s=1&timeout_s=0.2&retries=2")
+    board.stop_all()
+    outcome = {}
+
+    def read_after_loss() -> None:
+        try:
+            driver.read_array(0)
+        except LinkGoneError as exc:
+            outcome["error"] = exc
+
+    # A thread with a deadline, so that a driver that never gives up fails the test instead of hanging it.
+    reader = threading.Thread(target=read_after_loss, daemon=True)
+    reader.start()
+    reader.join(timeout=60)
+    assert not reader.is_alive()
+    assert "did not come back within 1 s" in str(outcome.get("error"))
+    driver.close()
+
+
+@pytest.mark.parametrize(("arguments", "message"), [
+    (["--tcp", "70000"], "use a port from 1 to 65535"),
+    (["--tcp", "0", "--max-payload", "0"], "--max-payload 0 is invalid"),
+    (["--pty", "--pty-link", "/nonexistent-folder/link"], "does not exist"),
+])
+def test_emulate_rejects_bad_settings(arguments, message, capsys):
+    assert cli_main(["emulate", *arguments]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_emulate_reports_a_busy_port():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        # A subprocess with a deadline: were the port free after all, the emulator would serve forever.
+        finished = subprocess.run([sys.executable, "-m", "cim_runtime.cli", "emulate", "--tcp", str(taken.getsockname()[1])],
+                                  capture_output=True, text=True, timeout=120)
+    assert finished.returncode == 2
+    assert "pick another port" in finished.stderr
 
 
 def test_missing_port_raises_transport_error(tmp_path):

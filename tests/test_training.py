@@ -107,6 +107,14 @@ def test_resume_rejects_other_run(tmp_path):
         TrainingRun(RunSpec("pulse", "C1D1"), tiny_settings(epochs=1), tiny_data(), tmp_path).run(resume=True)
 
 
+def test_resume_rejects_changed_settings_but_allows_more_epochs(tmp_path):
+    TrainingRun(RunSpec("digital"), tiny_settings(epochs=1), tiny_data(), tmp_path).run()
+
+    with pytest.raises(ConfigError, match="lr was 0.05 and is 0.1 now"):
+        TrainingRun(RunSpec("digital"), tiny_settings(epochs=1, lr=0.1), tiny_data(), tmp_path).run(resume=True)
+    assert len(TrainingRun(RunSpec("digital"), tiny_settings(epochs=2), tiny_data(), tmp_path).run(resume=True)) == 2
+
+
 def test_nonlinear_device_and_huge_learning_rate_stay_finite(tmp_path):
     device_file = tmp_path / "nonlinear.toml"
     device_file.write_text(NONLINEAR_DEVICE)

@@ -26,7 +26,7 @@ import time
 from urllib.parse import urlencode, urlsplit
 
 import numpy as np
-from tenacity import Retrying, retry_if_exception, retry_if_exception_type, stop_after_attempt, wait_fixed
+from tenacity import Retrying, retry_if_exception, retry_if_exception_type, stop_after_attempt, stop_after_delay, wait_fixed
 
 from cim_runtime.driver.base import ArrayDriver, ArrayInfo
 from cim_runtime.driver.serial_link import FrameLink
@@ -62,7 +62,11 @@ class BoardChangedError(TransportError):
 
 
 def _is_retryable(error: BaseException) -> bool:
-    return isinstance(error, (TransportError, _Retransmit)) and not isinstance(error, BoardChangedError)
+    return isinstance(error, (TransportError, _Retransmit)) and not isinstance(error, (BoardChangedError, LinkGoneError))
+
+
+class LinkGoneError(TransportError):
+    """The link was lost and did not come back within the reconnect window."""
 
 
 class _Retransmit(ProtocolError):
@@ -426,13 +430,19 @@ class SerialDriver(ArrayDriver):
         """Reopen the port and check that the same board came back with its state."""
         self._link.counters["reconnects"] += 1
         logger.warning("link to %s lost; reconnecting for up to %g s", self._link.port_url, self.reconnect_s)
-        retrying = Retrying(stop=stop_after_attempt(max(1, int(self.reconnect_s / 0.1))), wait=wait_fixed(0.1),
+        # The window bounds the wall-clock time, however long each failed open or handshake takes.
+        retrying = Retrying(stop=stop_after_delay(self.reconnect_s), wait=wait_fixed(0.1),
                             retry=retry_if_exception_type(TransportError), reraise=True)
-        for attempt in retrying:
-            with attempt:
-                self._link.close()
-                self._link.open()
-                hello = self._handshake()
+        try:
+            for attempt in retrying:
+                with attempt:
+                    self._link.close()
+                    self._link.open()
+                    hello = self._handshake()
+        except TransportError as exc:
+            raise LinkGoneError(f"the link to {self._link.port_url} was lost and did not come back within {self.reconnect_s:g} s "
+                                f"({exc}); check that the board or emulator still runs, then start again (cim-run program "
+                                "--resume continues a programming run)") from None
         if (hello.board_id, hello.boot_id) != (self.hello.board_id, self.hello.boot_id):
             self._link.close()
             raise BoardChangedError(f"a different board, or the same board after a power cycle, replied on {self._link.port_url} "
@@ -474,10 +484,17 @@ def open_serial(url: str, options: dict[str, str]) -> SerialDriver:
             raise ConfigError(f"backend URL {url!r} is invalid: write serial:///dev/ttyACM0 (three slashes, then the device path)")
         port_url = parts.path
     elif parts.scheme == "socket":
-        if not parts.netloc:
-            raise ConfigError(f"backend URL {url!r} is invalid: write socket://HOST:PORT, for example socket://127.0.0.1:5555")
+        try:
+            port = parts.port
+        except ValueError:
+            port = None
+        if not parts.hostname or port is None or not 1 <= port <= 65535:
+            raise ConfigError(f"backend URL {url!r} is invalid: write socket://HOST:PORT with a port from 1 to 65535, "
+                              "for example socket://127.0.0.1:5555")
         port_url = f"socket://{parts.netloc}"
     else:
+        if not (parts.netloc + parts.path).strip("/"):
+            raise ConfigError(f"backend URL {url!r} is invalid: write spy:///dev/ttyACM0?file=dump.txt (three slashes, then the device path)")
         spy = urlencode({name: value for name, value in options.items() if name in SPY_OPTIONS})
         port_url = f"spy://{parts.netloc}{parts.path}" + (f"?{spy}" if spy else "")
     numbers = {name: _float_option(options, name, url) for name in URL_OPTIONS}

@@ -56,7 +56,8 @@ class FrameLink:
             self._port = serial.serial_for_url(self.port_url, baudrate=self.baudrate, timeout=0,
                                                write_timeout=WRITE_TIMEOUT_S, exclusive=True)
         except (serial.SerialException, OSError, ValueError) as exc:
-            raise TransportError(f"opening {self.port_url} failed: {exc}; check the port name and that no other program uses it") from exc
+            raise TransportError(f"opening {self.port_url} failed: {_plain(exc)}; check the port name, that the board or emulator is "
+                                 "running, and that no other program uses the port") from exc
         self.discard_input()
         logger.info("opened %s at %d baud", self.port_url, self.baudrate)
 
@@ -118,3 +119,11 @@ class FrameLink:
             raise TransportError(f"read from {self.port_url} failed: {exc}") from exc
         self.counters["bytes_received"] += len(data)
         return data
+
+
+def _plain(error: Exception) -> str:
+    """Return pyserial's message without the Python details it sometimes carries."""
+    text = str(error)
+    if "not supported between instances" in text or "debug|info|warning|error" in text:
+        return "the address is not HOST:PORT with a port from 1 to 65535"
+    return text

@@ -12,6 +12,7 @@ alike in every process, so all processes keep identical weights. Process 0 write
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -254,8 +255,16 @@ class TrainingRun:
             "device": self.updater.state_dict() if self.updater else {},
             "noise_generator": self.injector.generator.get_state() if self.injector else torch.empty(0),
             "history": self.history,
+            "settings": self._fixed_settings(),
         }
         atomic_write(self.checkpoint_path(), lambda temporary: torch.save(state, temporary))
+
+    def _fixed_settings(self) -> dict:
+        """Settings a resumed run must share with the run it continues; more epochs or no progress bar may differ."""
+        settings = asdict(self.settings)
+        for name in ("epochs", "progress"):
+            settings.pop(name)
+        return json.loads(json.dumps(settings, default=str))
 
     def load_checkpoint(self) -> None:
         """Restore the state saved after the last finished epoch.
@@ -271,6 +280,12 @@ class TrainingRun:
         if state.get("spec") != asdict(self.spec):
             raise DataError(f"checkpoint {path} belongs to run {state.get('spec')}, not {asdict(self.spec)}; "
                             "resume with the same options or use another --output")
+        saved, now = state.get("settings"), self._fixed_settings()
+        if saved is not None and saved != now:
+            changed = ", ".join(f"{name} was {saved.get(name)!r} and is {now.get(name)!r} now"
+                                for name in sorted(set(saved) | set(now)) if saved.get(name) != now.get(name))
+            raise ConfigError(f"--resume: {changed}, against the run saved in {path}; resume with the options it was started "
+                              "with, or use another --output")
         try:
             self.network.load_state_dict(state["network"])
             self.optimizer.load_state_dict(state["optimizer"])
