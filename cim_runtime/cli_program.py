@@ -83,7 +83,7 @@ def check_program_folder(folder: Path, resume: bool) -> None:
         return  # A journal without --resume is refused by the session, with its own message.
     earlier = [name for name in (*OUTPUT_FILES, "steps", "simulator") if (folder / name).exists()]
     if earlier:
-        raise ConfigError(f"--output {folder} already holds results of another run ({', '.join(earlier)}); "
+        raise ConfigError(f"--output {folder} already contains results of another run ({', '.join(earlier)}); "
                           "choose another --output folder, or delete those first")
 
 

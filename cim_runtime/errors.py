@@ -57,3 +57,7 @@ class DeviceReportedError(CimError):
 
 class VerifyFailedError(CimError):
     """Write-verify left cells outside their tolerance band and the caller asked for strict mode."""
+
+
+#: The fix for a programming run whose saved files are damaged or missing.
+RESTART_HINT = "this run cannot be resumed; program again into another --output folder, or delete the folder first"

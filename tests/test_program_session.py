@@ -101,7 +101,7 @@ def test_interrupted_session_resumes_to_the_same_state(tmp_path):
         assert np.array_equal(resumed.pulses, whole.pulses)
 
 
-def test_a_board_keeps_its_cells_when_the_host_dies_and_the_session_resumes(tmp_path, monkeypatch):
+def test_session_resumes_on_board_after_host_dies(tmp_path, monkeypatch):
     mapped = small_mapping()
     board = CountingSimulator("C4D1", rows=16, cols=16, arrays=8, seed=2)
     server = start_emulator(board)
@@ -125,11 +125,11 @@ def test_a_board_keeps_its_cells_when_the_host_dies_and_the_session_resumes(tmp_
     assert result.in_tolerance.all()
     records = Journal.open(tmp_path / "journal.jsonl").records
     assert len(records) == result.steps
-    # Only the steps from the one cut short on pulse the board again, each exactly as its record says.
+    # Only the steps from the one cut short on pulse the board again, each with exactly the pulses its record counts.
     assert board.pulses_applied - pulses_before_resume == sum(record["pulses"] for record in records[3:])
 
 
-def test_resume_refuses_changed_settings_and_a_new_run_refuses_an_old_journal(tmp_path):
+def test_resume_rejects_changed_settings(tmp_path):
     mapped = small_mapping()
     with SimulatorDriver("C4D1", rows=16, cols=16, arrays=8, seed=2, state=tmp_path / "sim") as driver:
         run_session(tmp_path, driver, mapped)
@@ -141,7 +141,7 @@ def test_resume_refuses_changed_settings_and_a_new_run_refuses_an_old_journal(tm
         run_session(tmp_path, driver, mapped, resume=True, settings=SessionSettings(retry_passes=2))
 
 
-def test_journal_drops_a_torn_last_line_and_reports_corrupt_ones(tmp_path):
+def test_journal_drops_torn_last_line(tmp_path):
     path = tmp_path / "journal.jsonl"
     journal = Journal.create(path, {"run": 1})
     journal.append({"step": 0})
@@ -252,7 +252,7 @@ def _final_state(folder: Path) -> dict[str, np.ndarray]:
     return arrays
 
 
-def test_runs_killed_at_random_points_resume_to_the_uninterrupted_state(tmp_path, tiny_model):
+def test_killed_runs_resume_to_same_state(tmp_path, tiny_model):
     command = [sys.executable, "-m", "cim_runtime.cli", "program", "--model", str(tiny_model), "--backend", SIM, "--tile", "32x32",
                "--no-progress", "--output"]
     started = time.monotonic()
@@ -308,7 +308,7 @@ def test_damaged_step_and_state_files_give_clear_errors(tmp_path, tiny_model, ca
         load_state(output)
 
 
-def test_resume_names_the_changed_option_and_the_device_model(tmp_path, tiny_model, capsys):
+def test_resume_names_changed_option(tmp_path, tiny_model, capsys):
     base = ["program", "--model", str(tiny_model), "--tile", "32x32", "--no-progress", "--output", str(tmp_path / "run")]
     assert main(base + ["--backend", SIM]) == 0
     assert main(base + ["--backend", SIM, "--resume", "--scheme", "adaptive"]) == 2
@@ -325,12 +325,12 @@ def test_runs_do_not_overwrite_each_others_results(tmp_path, tiny_model, capsys)
     folder.mkdir()
     (folder / "summary.json").write_text("{}")
     assert main(["program", "--model", str(tiny_model), "--backend", SIM, "--tile", "32x32", "--output", str(folder)]) == 2
-    assert "already holds results of another run (summary.json)" in capsys.readouterr().err
+    assert "already contains results of another run (summary.json)" in capsys.readouterr().err
     programmed = tmp_path / "programmed"
     assert main(["program", "--model", str(tiny_model), "--backend", SIM, "--tile", "32x32", "--no-progress", "--output", str(programmed)]) == 0
     capsys.readouterr()
     assert main(["infer", "--programmed", str(programmed), "--output", str(programmed)]) == 2
-    assert "holds a cim-run program run" in capsys.readouterr().err
+    assert "contains a cim-run program run" in capsys.readouterr().err
 
 
 def test_resumed_run_counts_the_time_of_every_step(tmp_path):

@@ -278,7 +278,7 @@ def test_bad_serial_url_is_rejected(url, fragment):
         open_driver(url)
 
 
-def test_board_that_stays_away_ends_the_operation_after_the_reconnect_window(board):
+def test_vanished_board_fails_after_reconnect_window(board):
     url, _ = board()
     driver = open_driver(url + "?reconnect_s=1&timeout_s=0.2&retries=2")
     board.stop_all()

@@ -117,7 +117,7 @@ def test_adaptive_needs_fewer_pulses_than_fixed():
     assert mean_pulses("adaptive") <= 0.5 * mean_pulses("fixed")
 
 
-def test_adaptive_scheme_with_a_device_model_needs_fewer_pulses():
+def test_adaptive_device_model_saves_pulses():
     def mean_pulses(**model) -> float:
         with SimulatorDriver("C4D1", rows=64, cols=64, arrays=1, seed=5) as driver:
             result = write_verify(driver, random_targets(driver, 3000), WriteVerifyConfig(scheme="adaptive", tolerance_rel=0.02),

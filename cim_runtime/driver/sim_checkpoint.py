@@ -26,12 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-from cim_runtime.errors import DataError
+from cim_runtime.errors import RESTART_HINT, DataError
 from cim_runtime.files import atomic_write, write_json
 
 KEPT_CHECKPOINTS = 2
-#: The fix for a run whose saved files are damaged.
-RESTART = "this run cannot be resumed; program again into another --output folder, or delete the folder first"
 _CHECKPOINT = re.compile(r"checkpoint-g(\d{6})\.json")
 
 
@@ -67,9 +65,9 @@ def load(folder: Path, generation: int) -> tuple[dict, dict[int, dict[str, np.nd
         files = {int(array): int(saved) for array, saved in meta["arrays"].items()}
     except FileNotFoundError:
         raise DataError(f"simulator checkpoint {path} is missing; the state folder does not belong to this journal, "
-                        f"or was deleted: {RESTART}") from None
+                        f"or was deleted: {RESTART_HINT}") from None
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise DataError(f"simulator checkpoint {path} is corrupt ({exc}); {RESTART}") from None
+        raise DataError(f"simulator checkpoint {path} is corrupt ({exc}); {RESTART_HINT}") from None
     states = {}
     for array, saved in files.items():
         source = array_path(folder, array, saved)
@@ -77,7 +75,7 @@ def load(folder: Path, generation: int) -> tuple[dict, dict[int, dict[str, np.nd
             with np.load(source, allow_pickle=False) as data:
                 states[array] = {name: data[name] for name in data.files}
         except (OSError, ValueError, zipfile.BadZipFile) as exc:
-            raise DataError(f"simulator array file {source} cannot be read ({exc}); {RESTART}") from None
+            raise DataError(f"simulator array file {source} cannot be read ({exc}); {RESTART_HINT}") from None
     return meta, states
 
 

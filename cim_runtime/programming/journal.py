@@ -11,8 +11,7 @@ import json
 import os
 from pathlib import Path
 
-from cim_runtime.errors import ConfigError, DataError
-from cim_runtime.driver.sim_checkpoint import RESTART
+from cim_runtime.errors import RESTART_HINT, ConfigError, DataError
 from cim_runtime.files import atomic_write
 
 FORMAT = "cim-runtime programming journal"
@@ -31,7 +30,7 @@ class Journal:
     def create(cls, path: Path, header: dict) -> "Journal":
         """Start a new journal; refuse to overwrite one."""
         if path.exists():
-            raise ConfigError(f"{path} already holds a programming journal; pass --resume to continue that run, "
+            raise ConfigError(f"{path} already contains a programming journal; pass --resume to continue that run, "
                               "or choose another --output")
         header = {"format": FORMAT, "version": VERSION, **header}
         # A rename makes the header appear whole or not at all, even if the process dies here.
@@ -54,13 +53,13 @@ class Journal:
             except ValueError:
                 if number == len(complete) and not tail:
                     break  # A torn last line that happened to end in a newline.
-                raise DataError(f"{path} line {number} is not valid JSON; the journal is corrupt, and {RESTART}") from None
+                raise DataError(f"{path} line {number} is not valid JSON; the journal is corrupt, and {RESTART_HINT}") from None
             if not isinstance(entry, dict):
-                raise DataError(f"{path} line {number} is not a JSON object; the journal is corrupt, and {RESTART}")
+                raise DataError(f"{path} line {number} is not a JSON object; the journal is corrupt, and {RESTART_HINT}")
             entries.append(entry)
             kept_bytes += len(line) + 1
         if not entries or entries[0].get("format") != FORMAT:
-            raise DataError(f"{path} is not a cim-runtime programming journal (its header line is missing or foreign); {RESTART}")
+            raise DataError(f"{path} is not a cim-runtime programming journal (its header line is missing or foreign); {RESTART_HINT}")
         if entries[0].get("version") != VERSION:
             raise DataError(f"{path} has journal version {entries[0].get('version')!r}; this cim-runtime reads version {VERSION}, "
                             "so resume it with the cim-runtime version that wrote it")

@@ -10,7 +10,7 @@ The session works in steps. A step is one pass over the tiles of one array, and 
    move the partner's target by the stuck cell's error, so that G+ - G- still encodes the weight, and
    program the partner there. A target that would leave the conductance window is clipped and the
    stuck cell stays marked as not compensated.
-4. ``remap`` (if the plan keeps spare column pairs): move each tile column pair that still holds a
+4. ``remap`` (if the plan keeps spare column pairs): move each tile column pair that still contains a
    stuck cell to a free spare pair on the same rows of the same array, and program it there with
    the original targets. The cells' addresses change; the programmed state records the new ones.
 
@@ -33,8 +33,7 @@ import numpy as np
 from tqdm import tqdm
 
 from cim_runtime.driver import ArrayDriver
-from cim_runtime.errors import ConfigError, DataError
-from cim_runtime.driver.sim_checkpoint import RESTART
+from cim_runtime.errors import RESTART_HINT, ConfigError, DataError
 from cim_runtime.files import atomic_write
 from cim_runtime.mapping import CellTargets, Chunk, TilePlan
 from cim_runtime.programming.journal import Journal
@@ -160,7 +159,7 @@ class _Cells:
                 for name in STEP_FIELDS:
                     getattr(self, name)[part] = data[name]
         except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
-            raise DataError(f"step file {path} cannot be used ({exc}); {RESTART}") from None
+            raise DataError(f"step file {path} cannot be used ({exc}); {RESTART_HINT}") from None
 
 
 class ProgrammingSession:
@@ -183,6 +182,9 @@ class ProgrammingSession:
         self.window_s = (info.conductance_min_s, info.conductance_max_s)
         self.cells = _Cells(targets)
         self.steps = [(kind, chunk) for kind in settings.passes(plan.spare_pairs if plan else 0) for chunk in chunks]
+        #: First cell of every tile of the plan, and one past the last cell, for the remap pass.
+        sizes = [2 * tile.rows * tile.cols for tile in plan.tiles] if plan else []
+        self.tile_starts = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
 
     def header(self, extra: dict) -> dict:
         device = self.driver.device_model()
@@ -236,12 +238,12 @@ class ProgrammingSession:
 
     def _reload(self, journal: Journal) -> None:
         if len(journal.records) > len(self.steps):
-            raise DataError(f"{journal.path} records {len(journal.records)} steps but this run has {len(self.steps)}; {RESTART}")
+            raise DataError(f"{journal.path} records {len(journal.records)} steps but this run has {len(self.steps)}; {RESTART_HINT}")
         for index, record in enumerate(journal.records):
             kind, chunk = self.steps[index]
             if record.get("step") != index or record.get("kind") != kind:
                 raise DataError(f"{journal.path} line {index + 2} records step {record.get('step')!r} ({record.get('kind')!r}) where "
-                                f"step {index} ({kind!r}) belongs; the journal is corrupt, and {RESTART}")
+                                f"step {index} ({kind!r}) belongs; the journal is corrupt, and {RESTART_HINT}")
             self.cells.load(self.folder / f"steps/step-{index:05d}.npz", chunk)
         logger.info("resuming after %d of %d steps", len(journal.records), len(self.steps))
 
@@ -285,9 +287,9 @@ class ProgrammingSession:
         if not stuck.size:
             return
         # G+ - G- keeps its target if the partner moves by the stuck cell's error, in the same direction.
-        wanted = self.cells.target_s[partner] + (self.cells.measured_s[stuck] - self.cells.target_s[stuck])
-        self.cells.target_s[partner] = np.clip(wanted, *self.window_s)
-        reachable = self.cells.target_s[partner] == wanted
+        shifted_s = self.cells.target_s[partner] + (self.cells.measured_s[stuck] - self.cells.target_s[stuck])
+        self.cells.target_s[partner] = np.clip(shifted_s, *self.window_s)
+        reachable = self.cells.target_s[partner] == shifted_s
         in_band = self._write_verify(partner)
         self.cells.status[partner] = np.where(in_band, COMPENSATING, STUCK)
         self.cells.status[stuck] = np.where(in_band & reachable, STUCK_COMPENSATED, STUCK)
@@ -297,8 +299,8 @@ class ProgrammingSession:
         """Summed error of the weights (G+ - G-) that ``members``, whole pairs, encode."""
         positive, negative = members[members % 2 == 0], members[members % 2 == 0] + 1
         measured = self.cells.measured_s[positive] - self.cells.measured_s[negative]
-        wanted = self.targets.target_s[positive] - self.targets.target_s[negative]
-        return float(np.abs(measured - wanted).sum())
+        expected = self.targets.target_s[positive] - self.targets.target_s[negative]
+        return float(np.abs(measured - expected).sum())
 
     def _remap(self, chunk: Chunk) -> None:
         cells = np.arange(chunk.cell_start, chunk.cell_stop)
@@ -306,10 +308,10 @@ class ProgrammingSession:
         if not stuck.size:
             return
         # A column pair is named by its tile and its original physical pair index on the array.
-        tile_of = np.searchsorted(self._tile_starts(), stuck, side="right") - 1
+        tile_of = np.searchsorted(self.tile_starts, stuck, side="right") - 1
         moved = failed = 0
         for tile, pair in sorted(set(zip(tile_of.tolist(), (self.targets.col[stuck] // 2).tolist()))):
-            start, stop = self._tile_starts()[tile], self._tile_starts()[tile + 1]
+            start, stop = self.tile_starts[tile], self.tile_starts[tile + 1]
             members = start + np.flatnonzero(self.targets.col[start:stop] // 2 == pair)
             spare = self._free_spare_pair(cells, self.cells.row[members])
             if spare is None:
@@ -333,18 +335,12 @@ class ProgrammingSession:
             getattr(self.cells, name)[members] = values
         return False
 
-    def _tile_starts(self) -> np.ndarray:
-        if not hasattr(self, "_starts"):
-            sizes = [2 * tile.rows * tile.cols for tile in self.plan.tiles]
-            self._starts = np.concatenate([[0], np.cumsum(sizes)])
-        return self._starts
-
     def _free_spare_pair(self, cells: np.ndarray, rows: np.ndarray) -> int | None:
         """Return the first spare pair of the array with every one of ``rows`` free, or None."""
         in_spares = cells[self.cells.col[cells] >= self.plan.spare_col_start]
-        taken = set(zip(self.cells.row[in_spares].tolist(), ((self.cells.col[in_spares] - self.plan.spare_col_start) // 2).tolist()))
-        wanted = np.unique(rows).tolist()
+        occupied = set(zip(self.cells.row[in_spares].tolist(), ((self.cells.col[in_spares] - self.plan.spare_col_start) // 2).tolist()))
+        needed_rows = np.unique(rows).tolist()
         for spare in range(self.plan.spare_pairs):
-            if not any((row, spare) in taken for row in wanted):
+            if not any((row, spare) in occupied for row in needed_rows):
                 return spare
         return None

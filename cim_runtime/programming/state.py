@@ -6,7 +6,7 @@ reads them to run inference without programming again:
 * ``programmed.json``: the model (folder and SHA-256 of its weights), backend identity, conductance
   window, weight scale per layer, the tile plan and the session summary.
 * ``programmed.npz``: one entry per cell in plan order (array, row, column, layer, original target,
-  final target, last verify read, pulses, status) and the per-column readout calibration. It holds
+  final target, last verify read, pulses, status) and the per-column readout calibration. It contains
   plain numeric arrays and is read with ``allow_pickle=False``.
 """
 
