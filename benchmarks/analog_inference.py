@@ -6,10 +6,12 @@ The networks are torchvision's ResNet-18 and ResNet-50 with 102 classes and rand
 onto 256 x 256 arrays of the C4D1 window with the mapping targets as conductances (perfect
 programming). Readback mode is the torch network with the weights decoded from those conductances.
 Analog mode folds batch norm and uses an 8-bit DAC, an 8-bit ADC and read noise of 0.2 % per cell,
-calibrated on one random batch. ``analog-compiled`` is the same with ``compile=True``. Every mode
+calibrated on one random batch. ``analog-compiled`` is the same with ``compile=True``: DAC and
+channel gather, then read noise, ADC and tile sum, each run as one fused loop. Every mode
 runs the same random 224 x 224 batches, alternating batch by batch in this process, so the ratios
 compare like with like. Peak memory is the maximum resident set size of a fresh child process that
-builds one mode and runs one batch. Prints one JSON line per measurement.
+builds one mode and runs one batch. ``--stages MODE`` prints instead how long one batch of 8 spends
+in each stage of the analog convolutions. Prints one JSON line per measurement.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ import time
 import torch
 import torchvision
 
-from cim_runtime.analog import AnalogConfig, calibrate, convert
+from cim_runtime.analog import AnalogConfig, AnalogLayer, calibrate, convert
+from cim_runtime.analog.layer import compiled, quantize_inputs
 from cim_runtime.inference import with_weights
 from cim_runtime.mapping import ConductanceWindow, map_network
 
@@ -102,6 +105,55 @@ def peak_memory_gib(name: str, mode: str, batch_size: int) -> float:
     return value
 
 
+def layer_inputs(network: torch.nn.Module, batch: torch.Tensor) -> list[tuple[AnalogLayer, torch.Tensor]]:
+    """Run ``batch`` through ``network`` once and return each analog convolution with its input."""
+    recorded = []
+    hooks = [layer.register_forward_pre_hook(lambda module, args: recorded.append((module, args[0].clone())))
+             for layer in network.analog_layers() if layer.spec.kind == "conv2d"]
+    with torch.no_grad():
+        network(batch)
+    for hook in hooks:
+        hook.remove()
+    return recorded
+
+
+def stage_seconds(mode: str, repeats: int = 3) -> dict[str, float]:
+    """Return the seconds one ResNet-18 batch of 8 spends in each stage of the analog convolutions.
+
+    Stages: DAC codes and channel gather, signal convolution, noise-variance convolution, read noise
+    with ADC and tile sum, and the scaling back to layer units. Linear layers are left out.
+    """
+    network = build("resnet18", mode)
+    batch = torch.randn(8, 3, 224, 224, generator=torch.Generator().manual_seed(8))
+    layer_inputs(network, batch)  # compiles the fused loops
+    totals = dict.fromkeys(("dac", "signal", "variance", "adc", "units"), 0.0)
+    with torch.no_grad():
+        for _ in range(repeats):
+            for layer, inputs in layer_inputs(network, batch):
+                for stage, seconds in timed_layer_stages(layer, inputs).items():
+                    totals[stage] += seconds / repeats
+    return totals
+
+
+def timed_layer_stages(layer: AnalogLayer, inputs: torch.Tensor) -> dict[str, float]:
+    """Run one analog convolution stage by stage and return the seconds of each stage."""
+    marks = [time.perf_counter()]
+    dac = layer.dac()
+    scale, code_min, code_max = torch.tensor([layer.config.read_voltage_v / float(layer.input_range) / dac.step, dac.code_min, dac.code_max])
+    quantize = compiled(quantize_inputs) if layer.config.compile else quantize_inputs
+    codes, squared, _ = quantize(inputs, scale, code_min, code_max, True, layer._channel_gather)
+    marks.append(time.perf_counter())
+    currents = layer._split_outputs(layer._convolve(layer._pad(codes), layer._signal_kernel))
+    marks.append(time.perf_counter())
+    variance = layer._split_outputs(layer._convolve(layer._pad(squared), layer._variance_kernel))
+    marks.append(time.perf_counter())
+    total = layer._digitize(currents, variance, plane=False)
+    marks.append(time.perf_counter())
+    layer._to_layer_units(total, inputs.shape[0], layer._units()[1])
+    marks.append(time.perf_counter())
+    return {stage: marks[index + 1] - marks[index] for index, stage in enumerate(("dac", "signal", "variance", "adc", "units"))}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, default=3, help="timed batches per mode and batch size (default 3)")
@@ -109,7 +161,13 @@ def main() -> None:
     parser.add_argument("--resnet50-batch", type=int, default=32, help="ResNet-50 batch size for the memory run (default 32)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
     parser.add_argument("--no-timing", action="store_true", help="skip the images-per-second runs")
+    parser.add_argument("--stages", choices=("analog", "analog-compiled"),
+                        help="only print the seconds one batch of 8 spends in each stage of the analog convolutions")
     args = parser.parse_args()
+    if args.stages:
+        print(json.dumps({"network": "resnet18", "batch_size": 8, "mode": args.stages, "threads": torch.get_num_threads(),
+                          "stage_seconds": stage_seconds(args.stages)}))
+        return
 
     # NOTE: the CUDA branch has not been run; the published figures come from a CPU-only machine.
     device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -9,7 +9,8 @@ from cim_runtime.analog.config import DRIFT_COMPENSATION, IR_DROP_MODELS, PAIR_S
 from cim_runtime.analog.evaluate import AnalogRequest
 from cim_runtime.errors import ConfigError
 
-ANALOG_ONLY = ("dac_bits", "adc_bits", "bit_serial", "read_noise", "wire_resistance_ohm", "time_since_programming_s")
+ANALOG_ONLY = ("dac_bits", "adc_bits", "bit_serial", "read_noise", "wire_resistance_ohm", "time_since_programming_s",
+               "fold_batchnorm", "keep_digital")
 
 
 def bits(text: str) -> int:
@@ -42,7 +43,14 @@ def add_options(parser: argparse.ArgumentParser) -> None:
                        help="seconds between programming and inference; the arrays drift meanwhile (default 0)")
     group.add_argument("--drift-compensation", choices=DRIFT_COMPENSATION, default="none",
                        help="output correction from a reference read after drift (default %(default)s)")
-    group.add_argument("--compile", action="store_true", help="fuse noise and ADC with torch.compile (needs a C++ compiler)")
+    group.add_argument("--compile", action="store_true",
+                       help="fuse DAC, read noise and ADC into compiled loops with torch.compile (needs a C++ compiler)")
+    group.add_argument("--fold-batchnorm", action="store_true",
+                       help="fold each batch norm that directly follows a convolution into its weights before mapping "
+                            "(default: batch norm stays digital)")
+    group.add_argument("--keep-digital", action="append", default=[], metavar="PATTERN",
+                       help="keep the Conv2d or Linear layers whose names match this glob pattern digital, for example "
+                            "'classifier' or 'features.conv0'; repeat for more patterns")
 
 
 def request_from_args(args: argparse.Namespace) -> AnalogRequest | None:
@@ -52,7 +60,7 @@ def request_from_args(args: argparse.Namespace) -> AnalogRequest | None:
         ConfigError: an analog option was given in readback mode.
     """
     if args.mode == "readback":
-        given = [name for name in ANALOG_ONLY if getattr(args, name) not in (None, False, 0.0)]
+        given = [name for name in ANALOG_ONLY if getattr(args, name) not in (None, False, 0.0, [])]
         if given:
             options = ", ".join("--" + name.replace("_", "-") for name in given)
             raise ConfigError(f"{options} apply to --mode analog only; add --mode analog or drop them")
@@ -63,7 +71,8 @@ def request_from_args(args: argparse.Namespace) -> AnalogRequest | None:
         drift_compensation=args.drift_compensation, compile=args.compile,
         seed=args.seed if args.seed is not None else 0,
     )
-    return AnalogRequest(config, args.calibration_batches, args.time_since_programming_s)
+    return AnalogRequest(config, args.calibration_batches, args.time_since_programming_s,
+                         fold_batchnorm=args.fold_batchnorm, keep_digital=tuple(args.keep_digital))
 
 
 def summary_lines(summary: dict) -> list[tuple[str, str]]:
@@ -76,9 +85,14 @@ def summary_lines(summary: dict) -> list[tuple[str, str]]:
     def resolution(value) -> str:
         return "ideal" if value is None else f"{value} bit"
 
-    return [
+    lines = [
         ("analog", f"DAC {resolution(config['dac_bits'])}, ADC {resolution(config['adc_bits'])}, read noise "
                    f"{100 * config['read_noise_sigma_rel']:.2f} %, {analog['time_since_programming_s']:g} s after programming"),
         ("saturated", f"DAC {100 * analog['dac_saturation']['fraction']:.3f} %, ADC {100 * analog['adc_saturation']['fraction']:.3f} % "
                       "of conversions"),
     ]
+    if analog["folded_batchnorm"]:
+        lines.append(("batch norm", f"{len(analog['folded_batchnorm'])} layers folded into convolutions"))
+    if analog["digital_layers"]:
+        lines.append(("digital", ", ".join(analog["digital_layers"]) + " (not mapped, computed by torch)"))
+    return lines

@@ -12,7 +12,7 @@ import torch
 from tqdm import tqdm
 
 from cim_runtime import __version__
-from cim_runtime.analog.evaluate import AnalogRequest, analog_summary, prepare_analog
+from cim_runtime.analog.evaluate import AnalogRequest, analog_summary, network_to_map, prepare_analog
 from cim_runtime.data import check_images_readable, is_flowers102_root, open_dataset
 from cim_runtime.driver import ArrayDriver
 from cim_runtime.errors import ConfigError, DataError
@@ -56,11 +56,13 @@ class InferenceOutcome:
     programming: WriteVerifyResult
 
 
-def map_for_driver(network: torch.nn.Module, driver: ArrayDriver, tile: tuple[int, int] | None, spare_pairs: int = 0) -> MappedNetwork:
+def map_for_driver(network: torch.nn.Module, driver: ArrayDriver, tile: tuple[int, int] | None, spare_pairs: int = 0,
+                   layer_names: list[str] | None = None) -> MappedNetwork:
     """Map ``network`` into the driver's conductance window and check that its arrays suffice.
 
     Args:
         spare_pairs: column pairs kept free on every array; the default tile is narrowed to leave them.
+        layer_names: the layers to map; every Conv2d and Linear layer if None.
     """
     info = driver.info()
     if tile is None and info.cols % 2:
@@ -69,7 +71,7 @@ def map_for_driver(network: torch.nn.Module, driver: ArrayDriver, tile: tuple[in
     tile_rows, tile_cols = tile if tile is not None else (info.rows, max(info.cols - 2 * spare_pairs, 2))
     window = ConductanceWindow(info.conductance_min_s, info.conductance_max_s)
     mapped = map_network(network, window, tile_rows=tile_rows, tile_cols=tile_cols, array_rows=info.rows, array_cols=info.cols,
-                         spare_pairs=spare_pairs)
+                         spare_pairs=spare_pairs, layer_names=layer_names)
     if mapped.plan.arrays_used > info.arrays:
         raise ConfigError(
             f"the network needs {mapped.plan.arrays_used} arrays of {info.rows}x{info.cols} but the backend has {info.arrays}; "
@@ -144,20 +146,22 @@ def run_inference(driver: ArrayDriver, request: InferenceRequest) -> InferenceOu
     stage_s["load"] = time.monotonic() - started
 
     started = time.monotonic()
-    mapped = map_for_driver(network, driver, request.tile)
+    # The digital accuracy is that of the network as trained; the rest uses the network as mapped.
+    to_map = network_to_map(network, request.analog, dataset[0][0].unsqueeze(0))
+    mapped = map_for_driver(to_map.network, driver, request.tile, layer_names=to_map.layer_names)
     stage_s["map"] = time.monotonic() - started
 
     programming = write_verify(driver, mapped.targets(), request.write_verify, progress=request.progress)
     stage_s["program"] = programming.elapsed_s
 
     started = time.monotonic()
-    programmed, _ = programmed_network(driver, network, mapped, progress=request.progress)
+    programmed, _ = programmed_network(driver, to_map.network, mapped, progress=request.progress)
     stage_s["read_back"] = time.monotonic() - started
 
     evaluated = programmed
     if request.analog is not None:
         started = time.monotonic()
-        evaluated = prepare_analog(driver, network, mapped, dataset, request.analog, request.batch_size)
+        evaluated = prepare_analog(driver, to_map.network, mapped, dataset, request.analog, request.batch_size, to_map.folded)
         stage_s["calibrate"] = time.monotonic() - started
 
     started = time.monotonic()
@@ -166,7 +170,7 @@ def run_inference(driver: ArrayDriver, request: InferenceRequest) -> InferenceOu
 
     info = driver.info()
     summary = build_summary(request, recipe, mapped, (info.identity, info.conductance_min_s, info.conductance_max_s),
-                            programming, network, programmed, accuracy, stage_s)
+                            programming, to_map.network, programmed, accuracy, stage_s)
     if request.analog is not None:
         summary["analog"] = analog_summary(evaluated, request.analog)
     return InferenceOutcome(summary, programming)

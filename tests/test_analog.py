@@ -360,3 +360,21 @@ def test_threaded_noise_is_reproducible_and_normal():
     assert not torch.equal(draws[0], other)
     assert abs(float(draws[0].mean())) < 0.01
     assert abs(float(draws[0].std()) - 1) < 0.01
+
+
+def test_compiled_read_noise_spread():
+    x = torch.randn(1, 3, 8, 8)
+    batch = x.expand(300, -1, -1, -1).contiguous()
+    spread, repeats = {}, {}
+    for compile_ in (False, True):
+        analog = convert_small(AnalogConfig(dac_bits=8, adc_bits=14, read_noise_sigma_rel=0.05, seed=11, compile=compile_))
+        calibrate(analog, [batch])
+        with torch.no_grad():
+            analog.seed(11)
+            first = analog.network[0](batch)
+            analog.seed(11)
+            repeats[compile_] = torch.equal(first, analog.network[0](batch))
+        spread[compile_] = float(first.std(dim=0).mean())
+    assert repeats[True] and repeats[False]
+    assert spread[False] > 0
+    assert 0.9 < spread[True] / spread[False] < 1.1

@@ -55,3 +55,28 @@ def test_bit_serial_needs_dac_bits(tmp_path):
     result = cim_run("infer", "--mode", "analog", "--bit-serial", "--output", str(tmp_path / "out"), "--no-progress")
     assert result.returncode == 2
     assert "bit_serial=True needs dac_bits" in result.stderr
+
+
+def test_fold_batchnorm_and_keep_digital(tmp_path):
+    result = cim_run("infer", "--data-root", str(sample_with_two_classes(tmp_path)), "--mode", "analog", "--dac-bits", "8",
+                     "--adc-bits", "8", "--fold-batchnorm", "--keep-digital", "classifier", "--keep-digital", "features.conv0",
+                     "--calibration-batches", "1", "--batch-size", "8", "--output", str(tmp_path / "out"), "--no-progress")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["analog"]["digital_layers"] == ["features.conv0", "classifier"]
+    assert len(summary["analog"]["folded_batchnorm"]) > 0
+    assert {"features.conv0", "classifier"}.isdisjoint(row["layer"] for row in summary["layers"])
+    assert "folded into convolutions" in result.stdout
+    assert summary["programmed_accuracy"] >= summary["digital_accuracy"] - 0.2
+
+
+def test_keep_digital_errors_name_the_pattern(tmp_path):
+    result = cim_run("infer", "--mode", "analog", "--keep-digital", "no_such_layer", "--output", str(tmp_path / "out"), "--no-progress")
+    assert result.returncode == 2
+    assert "'no_such_layer' matches no Conv2d or Linear layer" in result.stderr
+    result = cim_run("infer", "--mode", "analog", "--keep-digital", "*", "--output", str(tmp_path / "out"), "--no-progress")
+    assert result.returncode == 2
+    assert "keeps every layer digital" in result.stderr
+    result = cim_run("infer", "--keep-digital", "classifier", "--output", str(tmp_path / "out"), "--no-progress")
+    assert result.returncode == 2
+    assert "--keep-digital apply to --mode analog only" in result.stderr

@@ -10,10 +10,10 @@ from torch import nn
 
 from cim_runtime.analog.calibration import calibrate, read_after_drift
 from cim_runtime.analog.config import AnalogConfig
-from cim_runtime.analog.convert import AnalogNetwork, from_driver
+from cim_runtime.analog.convert import AnalogNetwork, analog_layer_names, fold_batch_norms, from_driver
 from cim_runtime.driver import ArrayDriver
 from cim_runtime.errors import ConfigError
-from cim_runtime.mapping import MappedNetwork
+from cim_runtime.mapping import MappedNetwork, mappable_layers
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +28,10 @@ class AnalogRequest:
     calibration_batches: int = 4
     #: Time between programming and inference, in seconds; the arrays drift meanwhile.
     time_since_programming_s: float = 0.0
+    #: Fold each batch norm that directly follows a convolution into it before mapping.
+    fold_batchnorm: bool = False
+    #: Glob patterns of Conv2d and Linear layer names that are not mapped and stay digital.
+    keep_digital: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.calibration_batches < 1:
@@ -46,10 +50,49 @@ def calibration_batches(dataset, count: int, batch_size: int, seed: int = 0) -> 
     return batches
 
 
+@dataclass
+class NetworkToMap:
+    """The network that an inference run maps and programs, and what was changed to get it."""
+
+    network: nn.Module
+    #: (convolution, batch norm) names of the folded pairs.
+    folded: list[tuple[str, str]]
+    #: Layers to map; None maps every Conv2d and Linear layer.
+    layer_names: list[str] | None
+
+
+def network_to_map(network: nn.Module, request: AnalogRequest | None, example_input: torch.Tensor) -> NetworkToMap:
+    """Apply the request's batch-norm folding and digital layers to ``network`` (readback mode: no change).
+
+    Raises:
+        ConfigError: a ``keep_digital`` pattern matches no layer, every layer is kept digital, or
+            folding changed the output of ``example_input``.
+    """
+    if request is None:
+        return NetworkToMap(network, [], None)
+    folded: list[tuple[str, str]] = []
+    if request.fold_batchnorm:
+        network, folded = fold_batch_norms(network, example_input)
+    names = analog_layer_names(network, request.keep_digital) if request.keep_digital else None
+    if names == []:
+        raise ConfigError(f"--keep-digital {' '.join(request.keep_digital)} keeps every layer digital; "
+                          "leave at least one Conv2d or Linear layer analog")
+    return NetworkToMap(network, folded, names)
+
+
+def digital_layer_names(network: nn.Module, mapped: MappedNetwork) -> list[str]:
+    """Names of the Conv2d and Linear layers that stay digital torch modules."""
+    analog = {spec.name for spec in mapped.plan.layers}
+    return [name for name, _ in mappable_layers(network) if name not in analog]
+
+
 def prepare_analog(driver: ArrayDriver, network: nn.Module, mapped: MappedNetwork, dataset, request: AnalogRequest,
-                   batch_size: int) -> AnalogNetwork:
-    """Build the analog network from the programmed arrays, calibrate it, then let the arrays drift."""
-    analog = from_driver(network, mapped, driver, request.config)
+                   batch_size: int, folded: list[tuple[str, str]] = ()) -> AnalogNetwork:
+    """Build the analog network from the programmed arrays, calibrate it, then let the arrays drift.
+
+    ``network`` is the network that was mapped (batch norm already folded where asked).
+    """
+    analog = from_driver(network, mapped, driver, request.config, folded)
     calibrate(analog, calibration_batches(dataset, request.calibration_batches, batch_size))
     if request.time_since_programming_s > 0:
         read_after_drift(analog, driver, request.time_since_programming_s)
@@ -66,6 +109,8 @@ def analog_summary(analog: AnalogNetwork, request: AnalogRequest) -> dict:
         "config": analog.config.to_dict(),
         "calibration_batches": request.calibration_batches,
         "time_since_programming_s": request.time_since_programming_s,
+        "folded_batchnorm": [list(pair) for pair in analog.folded],
+        "digital_layers": digital_layer_names(analog.network, analog.mapped),
         "dac_saturation": saturation["dac"],
         "adc_saturation": saturation["adc"],
         "layers": saturation["layers"],

@@ -18,6 +18,7 @@ Signal chain of one forward pass:
 
 from __future__ import annotations
 
+import logging
 import math
 from concurrent.futures import ThreadPoolExecutor
 
@@ -28,6 +29,7 @@ from torch import nn
 
 from cim_runtime.analog.config import AnalogConfig
 from cim_runtime.analog.converters import Quantizer, SaturationCounter, bit_planes
+from cim_runtime.analog.counter_noise import MAX_ELEMENTS, counter_normal, draw_key
 from cim_runtime.analog.ir_drop import approximate_effective_conductance, exact_effective_conductance
 from cim_runtime.errors import ConfigError
 from cim_runtime.mapping import LayerSpec, Tile
@@ -39,21 +41,28 @@ CHANNEL_ALIGNMENT = 16
 CALIBRATION_SAMPLES = 1 << 18
 
 
-def digitize_codes(currents: torch.Tensor, variance: torch.Tensor | None, noise: torch.Tensor | None,
+def digitize_codes(currents: torch.Tensor, variance: torch.Tensor | None, key: torch.Tensor | None,
                    code_min: torch.Tensor, code_max: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Add noise, round to codes, count and clip saturated codes, and sum over row blocks (dimension 4)."""
-    values = currents if variance is None else currents + variance.float().sqrt() * noise
+    """Add noise drawn from ``key``, round to codes, count and clip saturated codes, and sum over row blocks (dimension 4)."""
+    values = currents if variance is None else currents + variance.float().sqrt() * counter_normal(currents, key)
     values = torch.round(values)
     saturated = ((values < code_min) | (values > code_max)).sum()
     return values.clamp(code_min, code_max).sum(dim=4), saturated
 
 
 def quantize_inputs(values: torch.Tensor, scale: torch.Tensor, code_min: torch.Tensor, code_max: torch.Tensor,
-                    square: bool) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """Return the DAC codes of ``values * scale``, their squares in bfloat16 if ``square``, and the saturated count."""
+                    square: bool, channels: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Return the DAC codes of ``values * scale``, gathered and channels-last, their bfloat16 squares, and the saturated count.
+
+    ``channels`` selects the input channels of the convolution groups (None for all), as
+    :meth:`AnalogLayer._gather` does; the saturated count covers each input once.
+    """
     raw = torch.round(values * scale)
     saturated = ((raw < code_min) | (raw > code_max)).sum()
-    codes = raw.clamp(code_min, code_max)
+    nhwc = values.permute(0, 2, 3, 1)
+    if channels is not None:
+        nhwc = nhwc.index_select(3, channels)
+    codes = torch.round(nhwc * scale).clamp(code_min, code_max).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
     squared = (codes * codes).to(torch.bfloat16) if square else None
     return codes, squared, saturated
 
@@ -93,8 +102,23 @@ def compiled(function):
     # NOTE: pass code limits and scales as 0-d tensors. With torch 2.14.1, a compiled function called
     # first with float limits -128 and 127 kept clipping at 127 when later called with 0 and 255.
     if function.__name__ not in _compiled:
+        # On machines without CUDA, torch warns once that it found no CUDA runtime; that says nothing
+        # about the CPU loops compiled here.
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
         _compiled[function.__name__] = torch.compile(function, dynamic=True)
     return _compiled[function.__name__]
+
+
+def canonical_channels_last(values: torch.Tensor) -> torch.Tensor:
+    """Return ``values`` in channels-last memory order with the standard strides.
+
+    Where a dimension has size 1 its stride is arbitrary, and oneDNN picks its algorithm, and so its
+    summation order, from the strides. Equal strides make the eager and the compiled paths agree bit
+    for bit.
+    """
+    values = values.contiguous(memory_format=torch.channels_last)
+    batch, channels, height, width = values.shape
+    return values.as_strided(values.shape, (channels * height * width, 1, width * channels, channels))
 
 
 def row_blocks(spec: LayerSpec, tiles: list[Tile]) -> list[tuple[int, int]]:
@@ -296,6 +320,7 @@ class AnalogLayer(nn.Module):
 
     def _convolve(self, inputs: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
         spec = self.spec
+        inputs = canonical_channels_last(inputs)
         groups = spec.groups * len(self.blocks)
         if spec.kind == "linear":
             return F.conv2d(inputs, kernel, groups=groups)
@@ -315,12 +340,19 @@ class AnalogLayer(nn.Module):
         mode = "constant" if spec.padding_mode == "zeros" else spec.padding_mode
         return F.pad(inputs, spec.padding_lrtb, mode=mode)
 
-    def _noise(self, like: torch.Tensor) -> torch.Tensor:
+    def _generator_for(self, like: torch.Tensor) -> torch.Generator | None:
         generator = self.noise_generator
         if generator is not None and generator.device != like.device:
             raise ConfigError(f"the read-noise generator is on {generator.device} but the layer runs on {like.device}; "
                               "call AnalogNetwork.to() to move both")
-        return standard_normal(like.shape, generator, like)
+        return generator
+
+    def _noise(self, like: torch.Tensor) -> torch.Tensor:
+        return standard_normal(like.shape, self._generator_for(like), like)
+
+    def _noise_key(self, like: torch.Tensor) -> torch.Tensor:
+        """Return the key of one counter-based noise draw (compiled path), moved to ``like``'s device."""
+        return draw_key(self._generator_for(like), like.device)
 
     def _gather(self, inputs: torch.Tensor) -> torch.Tensor:
         """Select each convolution group's input channels, in channels-last memory order.
@@ -334,19 +366,26 @@ class AnalogLayer(nn.Module):
             gathered = inputs.permute(0, 2, 3, 1).index_select(3, self._channel_gather).permute(0, 3, 1, 2)
         return self._pad(gathered)
 
-    def tile_currents(self, inputs: torch.Tensor, squared: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def tile_currents(self, inputs: torch.Tensor, squared: torch.Tensor | None = None,
+                      gathered: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Return the noiseless column currents of every tile and the variance of their read noise.
 
         Both have the shape ``(N, H, W, groups, blocks, parts, matrix_cols)`` and the kernel units of
         :meth:`_units` (the variance in bfloat16, None without read noise). ``parts`` is 2 (G+ then
         G-) when the ADC digitizes each column, else 1 (the pair current). ``squared`` is
-        ``inputs**2`` in bfloat16 where the caller has it already.
+        ``inputs**2`` in bfloat16 where the caller has it already. ``gathered`` says that the caller
+        has already selected the groups' channels (see :meth:`_gather`) of both.
         """
-        gathered = self._gather(inputs)
-        currents = self._convolve(gathered, self._signal_kernel)
+        if gathered:
+            inputs = self._pad(inputs)
+            squared = None if squared is None else self._pad(squared)
+        else:
+            inputs = self._gather(inputs)
+            squared = None if squared is None else self._gather(squared)
+        currents = self._convolve(inputs, self._signal_kernel)
         variance = None
         if self._variance_kernel is not None:
-            squared = gathered.square().to(torch.bfloat16) if squared is None else self._gather(squared)
+            squared = inputs.square().to(torch.bfloat16) if squared is None else squared
             variance = self._convolve(squared, self._variance_kernel)
         return self._split_outputs(currents), None if variance is None else self._split_outputs(variance)
 
@@ -368,13 +407,14 @@ class AnalogLayer(nn.Module):
         a sum of codes.
         """
         adc = self.adc(plane)
-        noise = None if variance is None else self._noise(currents)
-        if self.config.compile and adc.bits is not None:
+        if self.config.compile and adc.bits is not None and currents.numel() < MAX_ELEMENTS:
             limits = torch.tensor([adc.code_min, adc.code_max], dtype=currents.dtype, device=currents.device)
-            summed, saturated = compiled(digitize_codes)(currents, variance, noise, limits[0], limits[1])
+            key = None if variance is None else self._noise_key(currents)
+            summed, saturated = compiled(digitize_codes)(currents, variance, key, limits[0], limits[1])
             self.adc_saturation.add(currents.numel(), saturated)
             return summed[..., 0, :] - summed[..., 1, :] if summed.shape[-2] == 2 else summed[..., 0, :]
 
+        noise = None if variance is None else self._noise(currents)
         if variance is not None:
             currents.addcmul_(variance.float().sqrt_(), noise)
         if self.calibrating == "adc":
@@ -409,9 +449,10 @@ class AnalogLayer(nn.Module):
             total = self._digitize(*self.tile_currents(x * volts_per_input), plane=False)
         elif self.config.compile and not self.config.bit_serial:
             scale, code_min, code_max = torch.tensor([volts_per_input / dac.step, dac.code_min, dac.code_max], dtype=x.dtype, device=x.device)
-            codes, squared, saturated = compiled(quantize_inputs)(x, scale, code_min, code_max, self._variance_kernel is not None)
-            self.dac_saturation.add(codes.numel(), saturated)
-            total = self._digitize(*self.tile_currents(codes, squared), plane=False)
+            codes, squared, saturated = compiled(quantize_inputs)(x, scale, code_min, code_max, self._variance_kernel is not None,
+                                                                  self._channel_gather)
+            self.dac_saturation.add(x.numel(), saturated)
+            total = self._digitize(*self.tile_currents(codes, squared, gathered=True), plane=False)
         else:
             codes, saturated = dac.codes(x, volts_per_input)
             self.dac_saturation.add(codes.numel(), saturated)
