@@ -102,16 +102,12 @@ def command_infer_programmed(args: argparse.Namespace) -> int:
         verb, pronoun = ("affects", "it does") if len(conflicting) == 1 else ("affect", "they do")
         raise ConfigError(f"{', '.join(conflicting)} only {verb} programming, so {pronoun} not apply with --programmed, which reads "
                           "a saved state; pass it to cim-run program instead")
-    if args.mode == "analog":
-        # Analog mode drives the arrays through the driver, and a saved state contains only read conductances.
-        raise ConfigError("--mode analog needs the arrays and cannot run from a saved state; use --mode readback with --programmed, "
-                          "or run cim-run infer --mode analog without --programmed")
     check_output_folder(args.output, OUTPUT_FILES)
     if (args.output / "programmed.json").exists() or (args.output / "journal.jsonl").exists():
         raise ConfigError(f"--output {args.output} contains a cim-run program run, whose summary.json this would replace; "
                           "choose another --output folder")
     request = InferenceRequest(model_dir=args.model, data_root=args.data_root, split=args.split, batch_size=args.batch_size,
-                               progress=not args.no_progress)
+                               progress=not args.no_progress, analog=cli_analog.request_from_args(args))
     return report_inference(args, run_programmed_inference(args.programmed, request))
 
 

@@ -12,7 +12,7 @@ import torch
 from tqdm import tqdm
 
 from cim_runtime import __version__
-from cim_runtime.analog.evaluate import AnalogRequest, analog_summary, network_to_map, prepare_analog
+from cim_runtime.analog.evaluate import AnalogRequest, analog_from_saved_pairs, analog_summary, network_to_map, prepare_analog
 from cim_runtime.data import check_images_readable, is_flowers102_root, open_dataset
 from cim_runtime.driver import ArrayDriver
 from cim_runtime.errors import ConfigError, DataError
@@ -229,11 +229,18 @@ def run_programmed_inference(state_dir: Path, request: InferenceRequest) -> Infe
     dataset = open_dataset(request.data_root, recipe, request.split)
     check_images_readable(dataset)
     mapped = state.mapped()
-    programmed = with_weights(network, mapped.decode_weights(state.measured_pairs()))
+    pairs = state.measured_pairs()
+    programmed = with_weights(network, mapped.decode_weights(pairs))
     stage_s["load"] = time.monotonic() - started
 
+    evaluated = programmed
+    if request.analog is not None:
+        started = time.monotonic()
+        evaluated = analog_from_saved_pairs(network, mapped, pairs, dataset, request.analog, request.batch_size)
+        stage_s["calibrate"] = time.monotonic() - started
+
     started = time.monotonic()
-    accuracy = classify(network, programmed, dataset, request.batch_size, request.progress)
+    accuracy = classify(network, evaluated, dataset, request.batch_size, request.progress)
     stage_s["classify"] = time.monotonic() - started
     cells = state.cells
     tolerance_s = float(state.meta["programming"]["tolerance_s"])
@@ -244,4 +251,6 @@ def run_programmed_inference(state_dir: Path, request: InferenceRequest) -> Infe
     backend = (f"{state.meta['backend']} (saved state {state_dir})", *state.meta["conductance_window_s"])
     summary = build_summary(request, recipe, mapped, backend, programming, network, programmed, accuracy, stage_s)
     summary["write_verify_config"] = None
+    if request.analog is not None:
+        summary["analog"] = analog_summary(evaluated, request.analog)
     return InferenceOutcome(summary, programming)

@@ -80,3 +80,22 @@ def test_keep_digital_errors_name_the_pattern(tmp_path):
     result = cim_run("infer", "--keep-digital", "classifier", "--output", str(tmp_path / "out"), "--no-progress")
     assert result.returncode == 2
     assert "--keep-digital apply to --mode analog only" in result.stderr
+
+
+def test_analog_from_programmed_state(tmp_path):
+    state = tmp_path / "programmed"
+    result = cim_run("program", "--output", str(state), "--no-progress")
+    assert result.returncode == 0, result.stderr
+    data = str(sample_with_two_classes(tmp_path))
+    result = cim_run("infer", "--programmed", str(state), "--data-root", data, "--mode", "analog", "--dac-bits", "8", "--adc-bits", "8",
+                     "--calibration-batches", "1", "--batch-size", "8", "--output", str(tmp_path / "out"), "--no-progress")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["mode"] == "analog"
+    assert summary["analog"]["config"]["read_noise_sigma_rel"] == 0.0
+    assert summary["analog"]["adc_saturation"]["conversions"] > 0
+    assert summary["programmed_accuracy"] >= summary["digital_accuracy"] - 0.2
+    result = cim_run("infer", "--programmed", str(state), "--data-root", data, "--mode", "analog", "--time-since-programming-s", "60",
+                     "--output", str(tmp_path / "drift"), "--no-progress")
+    assert result.returncode == 2
+    assert "do not apply with --programmed" in result.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass, field
 
@@ -98,6 +99,31 @@ def prepare_analog(driver: ArrayDriver, network: nn.Module, mapped: MappedNetwor
         read_after_drift(analog, driver, request.time_since_programming_s)
         logger.info("read the arrays again %g s after programming (drift compensation: %s)",
                     request.time_since_programming_s, analog.config.drift_compensation)
+    analog.reset_saturation()
+    return analog
+
+
+def analog_from_saved_pairs(network: nn.Module, mapped: MappedNetwork, pairs: dict, dataset, request: AnalogRequest,
+                            batch_size: int) -> AnalogNetwork:
+    """Build and calibrate the analog network of a saved programmed state, from its measured conductances.
+
+    The measured conductances already carry the noise of the read that measured them, so read noise
+    per MVM is 0 unless ``request.config`` sets it.
+
+    Raises:
+        ConfigError: the request asks for drift, folding or digital layers, which need the arrays or a new mapping.
+    """
+    if request.time_since_programming_s > 0 or request.config.drift_compensation != "none":
+        raise ConfigError("--time-since-programming-s and --drift-compensation need the arrays to drift and be read again, "
+                          "so they do not apply with --programmed; run cim-run infer --mode analog on the backend instead")
+    if request.fold_batchnorm or request.keep_digital:
+        raise ConfigError("--fold-batchnorm and --keep-digital change what is mapped, and a saved state holds every layer "
+                          "as cim-run program mapped it; run cim-run infer --mode analog without --programmed instead")
+    config = request.config
+    if config.read_noise_sigma_rel is None:
+        config = AnalogConfig.from_dict({**config.to_dict(), "read_noise_sigma_rel": 0.0})
+    analog = AnalogNetwork(copy.deepcopy(network).eval(), mapped, pairs, config, [])
+    calibrate(analog, calibration_batches(dataset, request.calibration_batches, batch_size))
     analog.reset_saturation()
     return analog
 
