@@ -43,7 +43,7 @@ class CellPopulation:
             self.window_state = rng.standard_normal(count) if wanders else np.zeros(count)
             low_shift, high_shift = self._window_shift_s(self.window_state)
             self.range_min_s = self._base_range_s[0] + low_shift
-            self.range_max_s = self._base_range_s[1] + high_shift
+            self.range_max_s = np.maximum(self._base_range_s[1] + high_shift, self.range_min_s + 1e-3 * width)
 
         nu_sigma = variation.nonlinearity_sigma_dtod if response.kind == "exponential" else 0.0
         self.curve = response.build(
@@ -54,6 +54,7 @@ class CellPopulation:
         self._base_nu = None
         if nu_ctoc > 0:
             # Each reversal redraws the factor of the new direction around the cell's own factor.
+            # NOTE: a checkpoint does not save these per-ramp factors, so a restored cell keeps the ones drawn last.
             self._base_nu = (np.broadcast_to(self.curve.nu_up, (count,)).copy(), np.broadcast_to(self.curve.nu_down, (count,)).copy())
             self.curve.nu_up, self.curve.nu_down = self._base_nu[0].copy(), self._base_nu[1].copy()
 
@@ -210,12 +211,12 @@ class CellPopulation:
             self._pin_stuck(index[self.stuck[index] != NOT_STUCK])
 
     def _window_shift_s(self, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Shifts of the range bottom and top for a range state, in siemens."""
+        """Return the shifts of the range bottom and top for a range state, in siemens."""
         variation, width = self.config.variation, self.config.response.window_s
         return variation.window_min_sigma_ctoc * width * state, variation.window_max_sigma_ctoc * width * state
 
     def _redraw_range_at_reversal(self, index: np.ndarray, direction: np.ndarray) -> None:
-        """Where a cell's pulse direction changed, move its range state and redraw the range end it now approaches.
+        """Move the range state and redraw the approached range end of each cell whose pulse direction changed.
 
         The range state follows a first-order autoregressive process over reversals, with a standard
         normal stationary distribution and the correlation ``window_correlation_ctoc`` between
@@ -248,6 +249,7 @@ class CellPopulation:
 
     def _redraw_nonlinearity(self, rising: np.ndarray, falling: np.ndarray) -> None:
         variation = self.config.variation
+        # ResponseConfig accepts nonlinearity factors up to 50 in magnitude.
         bound = 50.0
         up = self._base_nu[0][rising] + variation.nonlinearity_up_sigma_ctoc * self._rng.standard_normal(rising.size)
         down = self._base_nu[1][falling] + variation.nonlinearity_down_sigma_ctoc * self._rng.standard_normal(falling.size)
