@@ -42,7 +42,8 @@ class CellPopulation:
             # The range state is a standard normal variable per cell that starts from its stationary distribution.
             self.window_state = rng.standard_normal(count) if wanders else np.zeros(count)
             low_shift, high_shift = self._window_shift_s(self.window_state)
-            self.range_min_s = self._base_range_s[0] + low_shift
+            # A conductance cannot fall below 0, so neither can a shifted range bottom.
+            self.range_min_s = np.maximum(self._base_range_s[0] + low_shift, 0.0)
             self.range_max_s = np.maximum(self._base_range_s[1] + high_shift, self.range_min_s + 1e-3 * width)
 
         nu_sigma = variation.nonlinearity_sigma_dtod if response.kind == "exponential" else 0.0
@@ -245,7 +246,7 @@ class CellPopulation:
         bottom = self._base_range_s[0][falling] + self._window_shift_s(self.window_state[falling])[0]
         if sigma > 0:
             bottom = bottom + sigma * self._rng.standard_normal(falling.size)
-        self.range_min_s[falling] = np.minimum(bottom, self.range_max_s[falling] - margin)
+        self.range_min_s[falling] = np.maximum(np.minimum(bottom, self.range_max_s[falling] - margin), 0.0)
 
     def _redraw_nonlinearity(self, rising: np.ndarray, falling: np.ndarray) -> None:
         variation = self.config.variation
