@@ -66,15 +66,21 @@ def exponential_ramp(params: np.ndarray, length: int) -> np.ndarray:
 
 
 def fit_exponential_ramp(ramp: np.ndarray, initial: np.ndarray | None = None) -> np.ndarray:
-    """Fit (start, end, nu) to one mean ramp, from ``initial`` or else from several starting nonlinearities."""
-    width = float(ramp.max() - ramp.min()) or 1.0
+    """Fit (start, end, nu) to one mean ramp, from ``initial`` or else from several starting nonlinearities.
+
+    NaN values of ``ramp`` are missing pulses: they keep their place in the pulse count but do not
+    enter the fit.
+    """
+    present = ~np.isnan(ramp)
+    values = ramp[present]
+    width = float(values.max() - values.min()) or 1.0
 
     def residual(params):
-        return (exponential_ramp(params, ramp.size) - ramp) / width
+        return (exponential_ramp(params, ramp.size)[present] - values) / width
 
-    lower = [ramp.min() - width, ramp.min() - width, -NU_BOUND]
-    upper = [ramp.max() + width, ramp.max() + width, NU_BOUND]
-    starts = [[ramp[0], ramp[-1], nu] for nu in (-5.0, -1.0, 0.5, 3.0, 8.0)]
+    lower = [values.min() - width, values.min() - width, -NU_BOUND]
+    upper = [values.max() + width, values.max() + width, NU_BOUND]
+    starts = [[values[0], values[-1], nu] for nu in (-5.0, -1.0, 0.5, 3.0, 8.0)]
     if initial is not None:
         starts = [np.clip(initial, np.add(lower, 1e-12), np.subtract(upper, 1e-12))]
     best = None
@@ -173,7 +179,29 @@ def _step_spread(data: PulseTrainData, cells: list[int]) -> float:
     return float(np.mean(logs))
 
 
-def _dtod_spread(data: PulseTrainData, exponential: bool, speeds: dict[int, float], nominal: tuple | None) -> dict:
+def _cell_fit_spread(ramps, owners, cells, speeds: dict[int, float], initial) -> np.ndarray:
+    """Return the spread across cells of each exponential parameter (start, end, nu) of one direction.
+
+    Each ramp is aligned by its cell's step factor and fitted on its own. A slow cell does not reach
+    the last pulses of the nominal curve, so those stay missing in its fit instead of being padded.
+    The variance of the per-cell means, less the sampling variance of such a mean (the scatter of the
+    cell's ramps divided by their count), is the spread that the cells themselves have.
+    """
+    length = mean_ramp(ramps).size
+    index = np.arange(length, dtype=np.float64)
+    means, sampling = [], []
+    for cell in cells:
+        own = [ramp for ramp, owner in zip(ramps, owners) if owner == cell]
+        factor = speeds.get(cell, 1.0)
+        fits = np.array([fit_exponential_ramp(np.interp(index, factor * np.arange(ramp.size), ramp, right=np.nan), initial)
+                         for ramp in own])
+        means.append(fits.mean(axis=0))
+        sampling.append(fits.var(axis=0, ddof=1) / len(own) if len(own) >= 2 else np.zeros(3))
+    variance = np.var(np.array(means), axis=0, ddof=1) - np.mean(np.array(sampling), axis=0)
+    return np.sqrt(np.maximum(variance, 0.0))
+
+
+def _dtod_spread(data: PulseTrainData, exponential: bool, speeds: dict[int, float], nominal: tuple) -> dict:
     """Return the spread of the parameters across cells, where the data name at least 3 cells.
 
     The step spread is model-free. The range and nonlinearity spreads come from exponential fits of each
@@ -187,25 +215,16 @@ def _dtod_spread(data: PulseTrainData, exponential: bool, speeds: dict[int, floa
     spread = {"cells": len(cells), "step_sigma_dtod": _step_spread(data, cells)}
     if not exponential:
         return spread
-    fits = {"up": [], "down": []}
-    for label, ramps, owners in (("up", data.up, data.up_cells), ("down", data.down, data.down_cells)):
-        length = mean_ramp(ramps).size
-        start = None
-        if nominal is not None:
-            start = nominal[0] if label == "up" else nominal[1]
-        for cell in cells:
-            own = [ramp for ramp, owner in zip(ramps, owners) if owner == cell]
-            ramp = aligned_mean_ramp(own, [cell] * len(own), speeds, length) if speeds else mean_ramp(own)
-            fits[label].append(fit_exponential_ramp(ramp, start))
-    up_fits, down_fits = np.array(fits["up"]), np.array(fits["down"])
-    bottoms = np.concatenate([up_fits[:, 0], down_fits[:, 1]])
-    tops = np.concatenate([up_fits[:, 1], down_fits[:, 0]])
-    width = float(np.mean(tops - bottoms))
+    up = _cell_fit_spread(data.up, data.up_cells, cells, speeds, nominal[0])
+    down = _cell_fit_spread(data.down, data.down_cells, cells, speeds, nominal[1])
+    width = float(np.mean([nominal[0][1] - nominal[0][0], nominal[1][0] - nominal[1][1]]))
+    # A ramp starts where the previous one stopped, which for a slow cell is short of the range end,
+    # so each range end comes from the ramp that approaches it.
     return {
         **spread,
-        "conductance_min_sigma_dtod": float(np.std(bottoms) / width),
-        "conductance_max_sigma_dtod": float(np.std(tops) / width),
-        "nonlinearity_sigma_dtod": float(np.mean([np.std(up_fits[:, 2]), np.std(down_fits[:, 2])])),
+        "conductance_min_sigma_dtod": float(down[1] / width),
+        "conductance_max_sigma_dtod": float(up[1] / width),
+        "nonlinearity_sigma_dtod": float((up[2] + down[2]) / 2),
     }
 
 
