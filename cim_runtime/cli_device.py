@@ -9,7 +9,8 @@ import numpy as np
 
 from cim_runtime.characterize import ROUTINES, SCHEMES, PulseTrainSettings, run_characterization
 from cim_runtime.device import make_profile
-from cim_runtime.device.fit_check import simulate_like
+from cim_runtime.device.calibration import calibrate_ramp_variation
+from cim_runtime.device.fit_check import SPREAD_WINDOWS
 from cim_runtime.device.fit_report import write_fit
 from cim_runtime.device.fitting import MODELS, fit_device
 from cim_runtime.device.readers import read_measurements
@@ -44,7 +45,9 @@ def command_fit(args: argparse.Namespace) -> int:
         data = data.mapped_onto(*args.map_to_s)
     fit = fit_device(data, model=args.model, max_nrmse=args.max_nrmse, name=args.name)
     cycling = len(data.up) >= 2 and len(data.down) >= 2
-    simulated = simulate_like(data, fit) if cycling else None
+    simulated = None
+    if cycling:
+        fit, simulated = calibrate_ramp_variation(data, fit)
     write_fit(args.output, data, fit, simulated)
     print(f"data        {len(data.up)} potentiation and {len(data.down)} depression ramps from {len(args.files)} file(s)")
     print(f"range       {fit.conductance_min_s:.6g} .. {fit.conductance_max_s:.6g} S")
@@ -53,10 +56,16 @@ def command_fit(args: argparse.Namespace) -> int:
     print(f"asymmetry   ANL {fit.asymmetry_measured:+.3f} measured, {fit.asymmetry_fitted:+.3f} fitted")
     ctoc = "not measurable from one ramp per direction" if fit.step_sigma_ctoc is None else f"{fit.step_sigma_ctoc:.3f}"
     print(f"variation   cycle-to-cycle step sigma {ctoc}; {fit.levels} distinguishable levels")
+    if fit.read_sigma_rel is not None:
+        spread = fit.spread_dtod.get("step_sigma_dtod")
+        print(f"            read sigma {100 * fit.read_sigma_rel:.3f} %"
+              + (f"; step spread between cells {spread:.3f}" if spread is not None else ""))
     print(f"model       {fit.model}, NRMSE up {100 * fit.nrmse['up']:.2f} %, down {100 * fit.nrmse['down']:.2f} %")
     if simulated is not None:
-        print(f"simulated   mean-ramp NRMSE up {100 * simulated['nrmse_mean_up']:.2f} %, down {100 * simulated['nrmse_mean_down']:.2f} %; "
-              f"ramp-to-ramp spread ratio up {simulated['spread_ratio_up']:.2f}, down {simulated['spread_ratio_down']:.2f}")
+        print(f"simulated   mean-ramp NRMSE up {100 * simulated['nrmse_mean_up']:.2f} %, down {100 * simulated['nrmse_mean_down']:.2f} %")
+        for label in ("up", "down"):
+            positions = ", ".join(f"{name} {simulated[f'spread_ratio_{label}_{name}']:.2f}" for name, _, _ in SPREAD_WINDOWS)
+            print(f"            ramp-to-ramp spread ratio {label} {simulated[f'spread_ratio_{label}']:.2f} ({positions})")
     print(f"results     {args.output / 'device.toml'}, {args.output / 'fit.json'}, {args.output / 'fit.png'}")
     return 0
 

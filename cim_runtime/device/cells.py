@@ -32,18 +32,32 @@ class CellPopulation:
         if np.any(np.asarray(self.range_max_s) <= np.asarray(self.range_min_s)):
             self.range_max_s = np.maximum(self.range_max_s, np.asarray(self.range_min_s) + 1e-3 * width)
         self.direction = None
-        if variation.range_sigma_ctoc > 0:
+        self.window_state = None
+        wanders = variation.window_min_sigma_ctoc > 0 or variation.window_max_sigma_ctoc > 0
+        nu_ctoc = variation.nonlinearity_up_sigma_ctoc + variation.nonlinearity_down_sigma_ctoc if response.kind == "exponential" else 0.0
+        if variation.range_sigma_ctoc > 0 or wanders or nu_ctoc > 0:
             # Each reversal redraws the range around the cell's own range, so keep that as the base.
             self._base_range_s = (np.broadcast_to(self.range_min_s, (count,)).copy(), np.broadcast_to(self.range_max_s, (count,)).copy())
-            self.range_min_s, self.range_max_s = self._base_range_s[0].copy(), self._base_range_s[1].copy()
             self.direction = np.zeros(count, dtype=np.int8)
+            # The range state is a standard normal variable per cell that starts from its stationary distribution.
+            self.window_state = rng.standard_normal(count) if wanders else np.zeros(count)
+            low_shift, high_shift = self._window_shift_s(self.window_state)
+            # A conductance cannot fall below 0, so neither can a shifted range bottom.
+            self.range_min_s = np.maximum(self._base_range_s[0] + low_shift, 0.0)
+            self.range_max_s = np.maximum(self._base_range_s[1] + high_shift, self.range_min_s + 1e-3 * width)
 
         nu_sigma = variation.nonlinearity_sigma_dtod if response.kind == "exponential" else 0.0
         self.curve = response.build(
             nu_up=self._spread(response.nonlinearity_up, nu_sigma) if nu_sigma else None,
             nu_down=self._spread(response.nonlinearity_down, nu_sigma) if nu_sigma else None,
         )
-        self._per_cell_nu = nu_sigma > 0
+        self._per_cell_nu = nu_sigma > 0 or nu_ctoc > 0
+        self._base_nu = None
+        if nu_ctoc > 0:
+            # Each reversal redraws the factor of the new direction around the cell's own factor.
+            # NOTE: a checkpoint does not save these per-ramp factors, so a restored cell keeps the ones drawn last.
+            self._base_nu = (np.broadcast_to(self.curve.nu_up, (count,)).copy(), np.broadcast_to(self.curve.nu_down, (count,)).copy())
+            self.curve.nu_up, self.curve.nu_down = self._base_nu[0].copy(), self._base_nu[1].copy()
 
         self.threshold_shift_v = None
         if variation.threshold_sigma_dtod_v > 0:
@@ -70,7 +84,8 @@ class CellPopulation:
     # Saved state.
 
     #: Per-cell attributes that pulses change; a checkpoint saves these and nothing drawn at creation.
-    MUTABLE_STATE = ("conductance_s", "range_min_s", "range_max_s", "direction", "last_pulse_s", "cycles", "last_direction", "stuck")
+    MUTABLE_STATE = ("conductance_s", "range_min_s", "range_max_s", "direction", "window_state", "last_pulse_s", "cycles",
+                     "last_direction", "stuck")
 
     def state_of(self, index: slice) -> dict[str, np.ndarray]:
         """Copy the mutable per-cell state of the cells in ``index``."""
@@ -196,18 +211,51 @@ class CellPopulation:
         if self.stuck is not None:
             self._pin_stuck(index[self.stuck[index] != NOT_STUCK])
 
+    def _window_shift_s(self, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Return the shifts of the range bottom and top for a range state, in siemens."""
+        variation, width = self.config.variation, self.config.response.window_s
+        return variation.window_min_sigma_ctoc * width * state, variation.window_max_sigma_ctoc * width * state
+
     def _redraw_range_at_reversal(self, index: np.ndarray, direction: np.ndarray) -> None:
-        """Redraw the range end that a cell now moves toward, where its pulse direction changed."""
+        """Move the range state and redraw the approached range end of each cell whose pulse direction changed.
+
+        The range state follows a first-order autoregressive process over reversals, with a standard
+        normal stationary distribution and the correlation ``window_correlation_ctoc`` between
+        reversals. It sets the shift of the approached end. The end the cell leaves stays where it
+        is, so a ramp starts where the last one ended and at the same point of its curve.
+        """
         changed = self.direction[index] != direction
         self.direction[index] = direction
-        sigma = self.config.variation.range_sigma_ctoc * self.config.response.window_s
-        margin = 1e-3 * self.config.response.window_s
+        variation = self.config.variation
+        width = self.config.response.window_s
+        if variation.window_min_sigma_ctoc > 0 or variation.window_max_sigma_ctoc > 0:
+            turned = index[changed]
+            rho = variation.window_correlation_ctoc
+            self.window_state[turned] = rho * self.window_state[turned] + np.sqrt(1.0 - rho**2) * self._rng.standard_normal(turned.size)
+        if self._base_nu is not None:
+            self._redraw_nonlinearity(index[changed & (direction == 1)], index[changed & (direction == -1)])
+
+        sigma = variation.range_sigma_ctoc * width
+        margin = 1e-3 * width
         rising = index[changed & (direction == 1)]
         falling = index[changed & (direction == -1)]
-        top = self._base_range_s[1][rising] + sigma * self._rng.standard_normal(rising.size)
+        top = self._base_range_s[1][rising] + self._window_shift_s(self.window_state[rising])[1]
+        if sigma > 0:
+            top = top + sigma * self._rng.standard_normal(rising.size)
         self.range_max_s[rising] = np.maximum(top, self.range_min_s[rising] + margin)
-        bottom = self._base_range_s[0][falling] + sigma * self._rng.standard_normal(falling.size)
-        self.range_min_s[falling] = np.minimum(bottom, self.range_max_s[falling] - margin)
+        bottom = self._base_range_s[0][falling] + self._window_shift_s(self.window_state[falling])[0]
+        if sigma > 0:
+            bottom = bottom + sigma * self._rng.standard_normal(falling.size)
+        self.range_min_s[falling] = np.maximum(np.minimum(bottom, self.range_max_s[falling] - margin), 0.0)
+
+    def _redraw_nonlinearity(self, rising: np.ndarray, falling: np.ndarray) -> None:
+        variation = self.config.variation
+        # ResponseConfig accepts nonlinearity factors up to 50 in magnitude.
+        bound = 50.0
+        up = self._base_nu[0][rising] + variation.nonlinearity_up_sigma_ctoc * self._rng.standard_normal(rising.size)
+        down = self._base_nu[1][falling] + variation.nonlinearity_down_sigma_ctoc * self._rng.standard_normal(falling.size)
+        self.curve.nu_up[rising] = np.clip(up, -bound, bound)
+        self.curve.nu_down[falling] = np.clip(down, -bound, bound)
 
     def _move(self, step, x, pulses, index, selected):
         if self._per_cell_nu:

@@ -172,6 +172,16 @@ class VariationConfig:
     step_sigma_ctoc: float = 0.05
     #: Sigma of the range end a cell moves toward, redrawn at every reversal of direction, relative to the range width.
     range_sigma_ctoc: float = 0.0
+    #: Sigma of the shift of the range bottom that wanders with the cell's range state, relative to the range width.
+    window_min_sigma_ctoc: float = 0.0
+    #: Sigma of the shift of the range top that wanders with the same state, relative to the range width.
+    window_max_sigma_ctoc: float = 0.0
+    #: Correlation of the range state between consecutive reversals: 0 redraws it, near 1 lets it wander slowly.
+    window_correlation_ctoc: float = 0.0
+    #: Exponential form: sigma of the potentiation nonlinearity factor of a ramp, redrawn at each reversal around the cell's own.
+    nonlinearity_up_sigma_ctoc: float = 0.0
+    #: Exponential form: sigma of the depression nonlinearity factor of a ramp, redrawn at each reversal around the cell's own.
+    nonlinearity_down_sigma_ctoc: float = 0.0
     #: Sigma of a conductance jump added by each pulse, relative to the range width.
     write_noise_sigma_rel: float = 0.0
     #: Relative sigma of each read.
@@ -197,7 +207,8 @@ class VariationConfig:
         for item in fields(self):
             value = getattr(self, item.name)
             _require(not math.isnan(value) and value >= 0, f"{item.name}={value} is invalid: must be at least 0")
-        for name in ("step_sigma_ctoc", "read_sigma_rel", "write_noise_sigma_rel", "initial_spread_rel", "range_sigma_ctoc"):
+        for name in ("step_sigma_ctoc", "read_sigma_rel", "write_noise_sigma_rel", "initial_spread_rel", "range_sigma_ctoc",
+                     "window_min_sigma_ctoc", "window_max_sigma_ctoc", "window_correlation_ctoc"):
             _require(getattr(self, name) < 1, f"{name}={getattr(self, name)} is invalid: must be below 1")
         _require(self.stuck_min_fraction + self.stuck_max_fraction <= 1,
                  f"stuck_min_fraction + stuck_max_fraction = {self.stuck_min_fraction + self.stuck_max_fraction} exceeds 1")

@@ -6,39 +6,46 @@ direction: ``G(k) = G_start + (G_end - G_start) * shape(k / N, nu)`` with ``k`` 
 range is the union of both spans. The fit error is the RMS deviation from the mean ramp divided by
 the measured range (NRMSE). Where the exponential form misses by more than
 ``max_nrmse``, ``model="auto"`` keeps a table model instead: the mean ramps made monotonic by
-isotonic regression and joined linearly between the centres of its steps.
+isotonic regression and joined linearly between the centres of its steps. Where the data name at
+least 3 cells, each cell's pulse axis is first scaled by its step factor. The mean ramp is then the
+ramp of a cell with factor 1, not a blur of fast and slow cells.
 
 Descriptors besides the model parameters:
 
 * asymmetric nonlinearity (ANL): ``(G_up(n/2) - G_down(n/2)) / W`` at mid-train, 0 for a linear
   symmetric device;
-* cycle-to-cycle step sigma and read noise, separated by the covariance of neighbouring steps (see
-  :func:`step_noise`); they need at least two ramps per direction, and the device file keeps the
-  defaults where they cannot be measured;
-* cycle-to-cycle range spread: the spread of ramp start points within a cell, less read noise, relative
-  to the range. The simulator redraws each cell's range ends with it at every reversal;
+* cycle-to-cycle step sigma, read noise and the cell-to-cell step spread, measured on the fitted
+  curve (see :mod:`cim_runtime.device.noise_fit`); they need at least two ramps per direction, and
+  the device file keeps the defaults where they cannot be measured;
+* range wander from cycle to cycle (see :mod:`cim_runtime.device.window_fit`), where the cells have
+  at least 10 ramps per direction;
 * ramp-to-ramp spread: the standard deviation across ramps at each pulse, averaged over pulses;
 * distinguishable levels: ``1 + floor(W / (2 * spread))``, capped at the pulses of the longer train;
-* device-to-device spread of the range, nonlinearity and step, where the file names several cells.
+* device-to-device spread of the range and nonlinearity, where the file names several cells.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 from scipy.optimize import isotonic_regression, least_squares
 
 from cim_runtime.device.config import DeviceConfig, ResponseConfig, VariationConfig
+from cim_runtime.device.cell_speed import aligned_mean_ramp
+from cim_runtime.device.noise_fit import estimate_noise
 from cim_runtime.device.readers import PulseTrainData
 from cim_runtime.device.response import exponential_shape
+from cim_runtime.device.window_fit import fit_window_wander
 from cim_runtime.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
 MODELS = ("auto", "exponential", "table")
 NU_BOUND = 30.0
+#: Rounds of aligning cells by their step factor and refitting the curve.
+ALIGNMENT_PASSES = 3
 
 
 def mean_ramp(ramps: list[np.ndarray]) -> np.ndarray:
@@ -58,18 +65,27 @@ def exponential_ramp(params: np.ndarray, length: int) -> np.ndarray:
     return start + (end - start) * exponential_shape(np.arange(length) / (length - 1), nu)
 
 
-def fit_exponential_ramp(ramp: np.ndarray) -> np.ndarray:
-    """Fit (start, end, nu) to one mean ramp, trying several starting nonlinearities."""
-    width = float(ramp.max() - ramp.min()) or 1.0
+def fit_exponential_ramp(ramp: np.ndarray, initial: np.ndarray | None = None) -> np.ndarray:
+    """Fit (start, end, nu) to one mean ramp, from ``initial`` or else from several starting nonlinearities.
+
+    NaN values of ``ramp`` are missing pulses: they keep their place in the pulse count but do not
+    enter the fit.
+    """
+    present = ~np.isnan(ramp)
+    values = ramp[present]
+    width = float(values.max() - values.min()) or 1.0
 
     def residual(params):
-        return (exponential_ramp(params, ramp.size) - ramp) / width
+        return (exponential_ramp(params, ramp.size)[present] - values) / width
 
-    lower = [ramp.min() - width, ramp.min() - width, -NU_BOUND]
-    upper = [ramp.max() + width, ramp.max() + width, NU_BOUND]
+    lower = [values.min() - width, values.min() - width, -NU_BOUND]
+    upper = [values.max() + width, values.max() + width, NU_BOUND]
+    starts = [[values[0], values[-1], nu] for nu in (-5.0, -1.0, 0.5, 3.0, 8.0)]
+    if initial is not None:
+        starts = [np.clip(initial, np.add(lower, 1e-12), np.subtract(upper, 1e-12))]
     best = None
-    for nu in (-5.0, -1.0, 0.5, 3.0, 8.0):
-        result = least_squares(residual, [ramp[0], ramp[-1], nu], bounds=(lower, upper))
+    for start in starts:
+        result = least_squares(residual, start, bounds=(lower, upper))
         if best is None or result.cost < best.cost:
             best = result
     return best.x
@@ -92,52 +108,6 @@ def monotone_curve(ramp: np.ndarray, increasing: bool) -> np.ndarray:
 
 def _nrmse(model: np.ndarray, measured: np.ndarray, width: float) -> float:
     return float(np.sqrt(np.mean((model - measured) ** 2)) / width)
-
-
-def step_noise(ramps: list[np.ndarray], cells: list[int]) -> tuple[float, float]:
-    """Separate cycle-to-cycle step noise from read noise in ramps of the same cells (at least 2 ramps).
-
-    Each step is the difference of two reads, so read noise adds ``2 sigma_read**2`` to the variance of
-    a step and ``-sigma_read**2`` to the covariance of neighbouring steps, while independent step noise
-    adds only to the variance. The deviations are taken from each cell's own mean step, so spread
-    between cells does not count.
-
-    Returns:
-        ``(step_sigma_rel, read_sigma_s)``: step noise relative to the mean step, and read noise in siemens.
-    """
-    length = min(ramp.size for ramp in ramps)
-    steps = np.stack([np.diff(ramp[:length]) for ramp in ramps])
-    groups = np.asarray(cells) if len(cells) == len(ramps) else np.zeros(len(ramps), dtype=int)
-    deviations = []
-    for cell in np.unique(groups):
-        own = steps[groups == cell]
-        if own.shape[0] >= 2:
-            # Removing the cell's own mean shrinks the variance by (n - 1) / n; undo that.
-            deviations.append((own - own.mean(axis=0)) * np.sqrt(own.shape[0] / (own.shape[0] - 1)))
-    if not deviations:
-        deviations = [(steps - steps.mean(axis=0)) * np.sqrt(len(ramps) / (len(ramps) - 1))]
-    deviation = np.concatenate(deviations)
-    variance = float(np.mean(deviation**2))
-    neighbour_covariance = float(np.mean(deviation[:, :-1] * deviation[:, 1:])) if deviation.shape[1] > 1 else 0.0
-    read_variance = max(-neighbour_covariance, 0.0)
-    step_variance = max(variance - 2.0 * read_variance, 0.0)
-    mean_step_rms = float(np.sqrt(np.mean(steps.mean(axis=0) ** 2)))
-    return float(np.sqrt(step_variance) / max(mean_step_rms, 1e-300)), float(np.sqrt(read_variance))
-
-
-def start_spread(ramps: list[np.ndarray], cells: list[int], read_sigma_s: float) -> float:
-    """Standard deviation of ramp start points within each cell, less the read noise, in siemens."""
-    starts = np.array([ramp[0] for ramp in ramps])
-    groups = np.asarray(cells) if len(cells) == len(ramps) else np.zeros(len(ramps), dtype=int)
-    deviations = []
-    for cell in np.unique(groups):
-        own = starts[groups == cell]
-        if own.size >= 2:
-            deviations.append((own - own.mean()) * np.sqrt(own.size / (own.size - 1)))
-    if not deviations:
-        return 0.0
-    variance = float(np.mean(np.concatenate(deviations) ** 2)) - read_sigma_s**2
-    return float(np.sqrt(max(variance, 0.0)))
 
 
 def ramp_spread(ramps: list[np.ndarray]) -> float:
@@ -169,8 +139,8 @@ class DeviceFit:
     step_sigma_ctoc: float | None
     #: Read noise relative to the mean conductance; None where it cannot be measured.
     read_sigma_rel: float | None
-    #: Spread of ramp start points within a cell, relative to the range; None where it cannot be measured.
-    range_sigma_ctoc: float | None
+    #: Range wander (see :mod:`cim_runtime.device.window_fit`), or None where it cannot be measured.
+    window_wander: dict | None
     ramp_spread_s: dict
     levels: int
     spread_dtod: dict
@@ -209,11 +179,35 @@ def _step_spread(data: PulseTrainData, cells: list[int]) -> float:
     return float(np.mean(logs))
 
 
-def _dtod_spread(data: PulseTrainData, exponential: bool) -> dict:
+def _cell_fit_spread(ramps, owners, cells, speeds: dict[int, float], initial) -> np.ndarray:
+    """Return the spread across cells of each exponential parameter (start, end, nu) of one direction.
+
+    Each ramp is aligned by its cell's step factor and fitted on its own. A slow cell does not reach
+    the last pulses of the nominal curve, so those stay missing in its fit instead of being padded.
+    The variance of the per-cell means, less the sampling variance of such a mean (the scatter of the
+    cell's ramps divided by their count), is the spread that the cells themselves have.
+    """
+    length = mean_ramp(ramps).size
+    index = np.arange(length, dtype=np.float64)
+    means, sampling = [], []
+    for cell in cells:
+        own = [ramp for ramp, owner in zip(ramps, owners) if owner == cell]
+        factor = speeds.get(cell, 1.0)
+        fits = np.array([fit_exponential_ramp(np.interp(index, factor * np.arange(ramp.size), ramp, right=np.nan), initial)
+                         for ramp in own])
+        means.append(fits.mean(axis=0))
+        sampling.append(fits.var(axis=0, ddof=1) / len(own) if len(own) >= 2 else np.zeros(3))
+    variance = np.var(np.array(means), axis=0, ddof=1) - np.mean(np.array(sampling), axis=0)
+    return np.sqrt(np.maximum(variance, 0.0))
+
+
+def _dtod_spread(data: PulseTrainData, exponential: bool, speeds: dict[int, float], nominal: tuple) -> dict:
     """Return the spread of the parameters across cells, where the data name at least 3 cells.
 
     The step spread is model-free. The range and nonlinearity spreads come from exponential fits of each
-    cell, so they are left out where the exponential form does not describe the device.
+    cell, so they are left out where the exponential form does not describe the device. Each cell's
+    ramps are first aligned by its step factor (``speeds``), because a fast cell's ramp otherwise looks
+    like one of a stronger nonlinearity; each fit starts from the ``nominal`` (up, down) parameters.
     """
     cells = sorted(set(data.up_cells) & set(data.down_cells))
     if len(cells) < 3:
@@ -221,20 +215,51 @@ def _dtod_spread(data: PulseTrainData, exponential: bool) -> dict:
     spread = {"cells": len(cells), "step_sigma_dtod": _step_spread(data, cells)}
     if not exponential:
         return spread
-    up_fits, down_fits = [], []
-    for cell in cells:
-        up_fits.append(fit_exponential_ramp(mean_ramp([r for r, c in zip(data.up, data.up_cells) if c == cell])))
-        down_fits.append(fit_exponential_ramp(mean_ramp([r for r, c in zip(data.down, data.down_cells) if c == cell])))
-    up_fits, down_fits = np.array(up_fits), np.array(down_fits)
-    bottoms = np.concatenate([up_fits[:, 0], down_fits[:, 1]])
-    tops = np.concatenate([up_fits[:, 1], down_fits[:, 0]])
-    width = float(np.mean(tops - bottoms))
+    up = _cell_fit_spread(data.up, data.up_cells, cells, speeds, nominal[0])
+    down = _cell_fit_spread(data.down, data.down_cells, cells, speeds, nominal[1])
+    width = float(np.mean([nominal[0][1] - nominal[0][0], nominal[1][0] - nominal[1][1]]))
+    # A ramp starts where the previous one stopped, which for a slow cell is short of the range end,
+    # so each range end comes from the ramp that approaches it.
     return {
         **spread,
-        "conductance_min_sigma_dtod": float(np.std(bottoms) / width),
-        "conductance_max_sigma_dtod": float(np.std(tops) / width),
-        "nonlinearity_sigma_dtod": float(np.mean([np.std(up_fits[:, 2]), np.std(down_fits[:, 2])])),
+        "conductance_min_sigma_dtod": float(down[1] / width),
+        "conductance_max_sigma_dtod": float(up[1] / width),
+        "nonlinearity_sigma_dtod": float((up[2] + down[2]) / 2),
     }
+
+
+@dataclass
+class _Shapes:
+    """Both model forms fitted to a pair of mean ramps, and the form chosen."""
+
+    model: str
+    up_params: np.ndarray
+    down_params: np.ndarray
+    fitted_up: np.ndarray
+    fitted_down: np.ndarray
+    table_up: np.ndarray
+    table_down: np.ndarray
+    nrmse_exponential: dict
+    nrmse_table: dict
+
+    def curves(self) -> tuple[np.ndarray, np.ndarray]:
+        """Return the chosen model's ramps, one value per pulse."""
+        if self.model == "exponential":
+            return self.fitted_up, self.fitted_down
+        return self.table_up, self.table_down
+
+
+def _fit_shapes(up: np.ndarray, down: np.ndarray, width: float, model: str, max_nrmse: float) -> _Shapes:
+    up_params, down_params = fit_exponential_ramp(up), fit_exponential_ramp(down)
+    fitted_up, fitted_down = exponential_ramp(up_params, up.size), exponential_ramp(down_params, down.size)
+    table_up = monotone_curve(up, increasing=True)
+    table_down = monotone_curve(down, increasing=False)
+    nrmse_exponential = {"up": _nrmse(fitted_up, up, width), "down": _nrmse(fitted_down, down, width)}
+    nrmse_table = {"up": _nrmse(table_up, up, width), "down": _nrmse(table_down, down, width)}
+    chosen = model
+    if model == "auto":
+        chosen = "exponential" if max(nrmse_exponential.values()) <= max_nrmse else "table"
+    return _Shapes(chosen, up_params, down_params, fitted_up, fitted_down, table_up, table_down, nrmse_exponential, nrmse_table)
 
 
 def fit_device(data: PulseTrainData, *, model: str = "auto", max_nrmse: float = 0.03, name: str | None = None) -> DeviceFit:
@@ -254,38 +279,45 @@ def fit_device(data: PulseTrainData, *, model: str = "auto", max_nrmse: float = 
         raise DataError(f"{data.name}: every value is {low:g}, so there is no conductance range to fit")
     width = high - low
 
-    up_params, down_params = fit_exponential_ramp(up), fit_exponential_ramp(down)
-    fitted_up, fitted_down = exponential_ramp(up_params, up.size), exponential_ramp(down_params, down.size)
-    table_up = monotone_curve(up, increasing=True)
-    table_down = monotone_curve(down, increasing=False)
-    nrmse_exponential = {"up": _nrmse(fitted_up, up, width), "down": _nrmse(fitted_down, down, width)}
-    nrmse_table = {"up": _nrmse(table_up, up, width), "down": _nrmse(table_down, down, width)}
-    chosen = model
-    if model == "auto":
-        chosen = "exponential" if max(nrmse_exponential.values()) <= max_nrmse else "table"
-    model_up, model_down = (fitted_up, fitted_down) if chosen == "exponential" else (table_up, table_down)
+    measurable = len(data.up) >= 2 and len(data.down) >= 2
+    shapes = _fit_shapes(up, down, width, model, max_nrmse)
+    noise = estimate_noise(data, *shapes.curves()) if measurable else None
+    for _ in range(ALIGNMENT_PASSES):
+        if noise is None or not noise.speed_factors:
+            break
+        # Fit the curve of a cell with step factor 1, then measure the noise on that sharper curve.
+        up = aligned_mean_ramp(data.up, data.up_cells, noise.speed_factors, up.size)
+        down = aligned_mean_ramp(data.down, data.down_cells, noise.speed_factors, down.size)
+        shapes = _fit_shapes(up, down, width, model, max_nrmse)
+        noise = estimate_noise(data, *shapes.curves())
+    chosen, up_params, down_params = shapes.model, shapes.up_params, shapes.down_params
+    model_up, model_down = shapes.curves()
+    table_up, table_down = shapes.table_up, shapes.table_down
+    nrmse_exponential, nrmse_table = shapes.nrmse_exponential, shapes.nrmse_table
 
     g_min = float(min(up_params[0], up_params[1], down_params[0], down_params[1]))
     g_max = float(max(up_params[0], up_params[1], down_params[0], down_params[1]))
-    measurable = len(data.up) >= 2 and len(data.down) >= 2
-    ctoc = read_sigma_rel = range_ctoc = None
-    if measurable:
-        (up_step, up_read), (down_step, down_read) = step_noise(data.up, data.up_cells), step_noise(data.down, data.down_cells)
-        ctoc = float(min(0.95, (up_step + down_step) / 2))
-        read_sigma_s = (up_read + down_read) / 2
-        read_sigma_rel = float(min(0.95, read_sigma_s / np.mean(np.concatenate([up, down]))))
-        starts = (start_spread(data.up, data.up_cells, read_sigma_s) + start_spread(data.down, data.down_cells, read_sigma_s)) / 2
-        range_ctoc = float(min(0.95, starts / width))
+    ctoc = read_sigma_rel = wander = None
+    if noise is not None:
+        ctoc = float(min(0.95, noise.step_sigma_ctoc))
+        read_sigma_rel = float(min(0.95, noise.read_sigma_rel))
+        read_sigma_s = read_sigma_rel * float(np.mean(np.concatenate([up, down])))
+        wander = fit_window_wander(data, width, read_sigma_s)
     spreads = {"up": ramp_spread(data.up), "down": ramp_spread(data.down)}
     residual = np.sqrt(np.mean(np.concatenate([model_up - up, model_down - down]) ** 2))
     level_sigma = max(np.mean(list(spreads.values())), residual, 1e-12 * width)
     levels = int(min(1 + np.floor(width / (2 * level_sigma)), max(up.size, down.size)))
-    dtod = _dtod_spread(data, exponential=chosen == "exponential")
+    speeds = noise.speed_factors if noise is not None else {}
+    dtod = _dtod_spread(data, chosen == "exponential", speeds, (up_params, down_params))
+    if dtod and noise is not None and noise.step_sigma_dtod is not None:
+        dtod["step_sigma_dtod"] = noise.step_sigma_dtod
 
     variation = VariationConfig(
         step_sigma_ctoc=ctoc if ctoc is not None else VariationConfig.step_sigma_ctoc,
         read_sigma_rel=read_sigma_rel if read_sigma_rel is not None else VariationConfig.read_sigma_rel,
-        range_sigma_ctoc=range_ctoc or 0.0,
+        window_min_sigma_ctoc=wander.min_sigma_rel if wander else 0.0,
+        window_max_sigma_ctoc=wander.max_sigma_rel if wander else 0.0,
+        window_correlation_ctoc=wander.correlation if wander else 0.0,
         step_sigma_dtod=dtod.get("step_sigma_dtod", 0.0),
         conductance_min_sigma_dtod=dtod.get("conductance_min_sigma_dtod", 0.0),
         conductance_max_sigma_dtod=dtod.get("conductance_max_sigma_dtod", 0.0),
@@ -319,6 +351,6 @@ def fit_device(data: PulseTrainData, *, model: str = "auto", max_nrmse: float = 
         nrmse_exponential=nrmse_exponential, nrmse_table=nrmse_table,
         nrmse=nrmse_exponential if chosen == "exponential" else nrmse_table,
         asymmetry_measured=_asymmetry(up, down, width), asymmetry_fitted=_asymmetry(model_up, model_down, width),
-        step_sigma_ctoc=ctoc, read_sigma_rel=read_sigma_rel, range_sigma_ctoc=range_ctoc, ramp_spread_s=spreads, levels=levels, spread_dtod=dtod, config=config,
+        step_sigma_ctoc=ctoc, read_sigma_rel=read_sigma_rel, window_wander=asdict(wander) if wander else None, ramp_spread_s=spreads, levels=levels, spread_dtod=dtod, config=config,
         mean_up=up, mean_down=down, fitted_up=model_up, fitted_down=model_down,
     )

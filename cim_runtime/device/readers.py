@@ -3,6 +3,10 @@
 Recognized layouts (``read_measurements`` picks by content):
 
 * ``cim-run characterize`` output: CSV with header ``cycle,direction,pulse,cell,conductance_s``.
+  Each train starts with a read of the state the train before it left, so the file also yields
+  repeated reads (for read noise).
+* ``cim-run characterize`` read-noise output: CSV with header ``level,read,cell,conductance_s``;
+  it adds repeated reads (for read noise) and no ramps.
 * One value per line (``.txt``): one ramp; the direction comes from the file name
   (``potentiation``/``set``/``up`` or ``depression``/``reset``/``down``).
 * CSV with a header of ramp names (``rmp1,rmp2,...``): one ramp per column, ragged columns allowed;
@@ -27,6 +31,8 @@ UP_WORDS = ("potentiation", "set", "up", "ltp")
 DOWN_WORDS = ("depression", "reset", "down", "ltd")
 #: Largest file the readers accept, in bytes; pulse tables are far smaller.
 MAX_FILE_BYTES = 64 * 1024 * 1024
+#: Header of the read-noise CSV that ``cim-run characterize`` writes.
+READ_NOISE_HEADER = ("level", "read", "cell", "conductance_s")
 
 
 @dataclass
@@ -39,6 +45,8 @@ class PulseTrainData:
     #: Cell identity of each up and down ramp, where the file names cells (for device-to-device spread).
     up_cells: list[int] = field(default_factory=list)
     down_cells: list[int] = field(default_factory=list)
+    #: Repeated reads of unchanged cells, one array per cell and level, in the same unit as the ramps.
+    repeated_reads_s: list[np.ndarray] = field(default_factory=list)
 
     def mapped_onto(self, low_s: float, high_s: float) -> "PulseTrainData":
         """Return a copy whose values are mapped linearly from their measured range onto [low_s, high_s]."""
@@ -53,13 +61,14 @@ class PulseTrainData:
             return low_s + (ramp - low) * (high_s - low_s) / (high - low)
 
         return PulseTrainData(self.name, [scale(r) for r in self.up], [scale(r) for r in self.down],
-                              list(self.up_cells), list(self.down_cells))
+                              list(self.up_cells), list(self.down_cells), [scale(r) for r in self.repeated_reads_s])
 
     def extend(self, other: "PulseTrainData") -> None:
         self.up += other.up
         self.down += other.down
         self.up_cells += other.up_cells
         self.down_cells += other.down_cells
+        self.repeated_reads_s += other.repeated_reads_s
 
 
 def direction_from_name(path: Path) -> str:
@@ -92,11 +101,29 @@ def _characterize_csv(path: Path, rows: list[list[str]]) -> PulseTrainData:
         if direction not in ("potentiation", "depression"):
             raise DataError(f"{path}, line {number}: direction {direction!r} is not potentiation or depression")
         ramps.setdefault((cycle, direction, cell), []).append((pulse, parse_finite_number(row[4], path, number)))
-    for (_, direction, cell), points in sorted(ramps.items()):
+    sequences: dict[int, list[np.ndarray]] = {}
+    for (cycle, direction, cell), points in sorted(ramps.items(), key=lambda item: (item[0][0], item[0][1] != "potentiation", item[0][2])):
         values = np.array([value for _, value in sorted(points)])
         (data.up if direction == "potentiation" else data.down).append(values)
         (data.up_cells if direction == "potentiation" else data.down_cells).append(cell)
+        sequences.setdefault(cell, []).append(values)
+    # A train starts with a read of the state the previous train left, with no pulse between the two
+    # reads, so the last read of each ramp and the first of the next are repeated reads of one state.
+    for trains in sequences.values():
+        data.repeated_reads_s += [np.array([before[-1], after[0]]) for before, after in zip(trains, trains[1:])]
     return data
+
+
+def _read_noise_csv(path: Path, rows: list[list[str]]) -> PulseTrainData:
+    series: dict[tuple[int, int], list[float]] = {}
+    for number, row in enumerate(rows[1:], start=2):
+        if len(row) != 4:
+            raise DataError(f"{path}, line {number}: expected 4 fields, got {len(row)}")
+        level, cell = int(parse_finite_number(row[0], path, number)), int(parse_finite_number(row[2], path, number))
+        series.setdefault((level, cell), []).append(parse_finite_number(row[3], path, number))
+    if not series:
+        raise DataError(f"{path} contains no reads")
+    return PulseTrainData(path.stem, repeated_reads_s=[np.asarray(series[key]) for key in sorted(series)])
 
 
 def _column_csv(path: Path, rows: list[list[str]], header: bool) -> list[np.ndarray]:
@@ -131,6 +158,8 @@ def read_measurement(path: Path, current_read_voltage_v: float | None = None) ->
         first = [cell.strip() for cell in rows[0]]
         if tuple(first) == ("cycle", "direction", "pulse", "cell", "conductance_s"):
             data = _characterize_csv(path, rows)
+        elif tuple(first) == READ_NOISE_HEADER:
+            data = _read_noise_csv(path, rows)
         else:
             header = any(_is_text(cell) for cell in first)
             ramps = _column_csv(path, rows, header)
@@ -147,6 +176,7 @@ def read_measurement(path: Path, current_read_voltage_v: float | None = None) ->
             raise DataError(f"read voltage {current_read_voltage_v} V is invalid: must be above 0")
         data.up = [ramp / current_read_voltage_v for ramp in data.up]
         data.down = [ramp / current_read_voltage_v for ramp in data.down]
+        data.repeated_reads_s = [reads / current_read_voltage_v for reads in data.repeated_reads_s]
     return data
 
 

@@ -60,7 +60,7 @@ class ResponseCurve(abc.ABC):
         return 0.0, 1.0
 
 
-def _increasing(values: np.ndarray) -> np.ndarray:
+def increasing_curve(values: np.ndarray) -> np.ndarray:
     """Make a measured curve strictly increasing so that interpolation can invert it."""
     running_max = np.maximum.accumulate(values)
     return running_max + np.arange(values.size) * 1e-12
@@ -70,9 +70,9 @@ class TableResponse(ResponseCurve):
     """Measured curves, given in normalized conductance, one value after each pulse."""
 
     def __init__(self, potentiation: np.ndarray, depression: np.ndarray):
-        self._up = _increasing(np.asarray(potentiation, dtype=np.float64))
+        self._up = increasing_curve(np.asarray(potentiation, dtype=np.float64))
         # The depression curve falls with pulse count; keep it reversed so that it rises with index.
-        self._down_reversed = _increasing(np.asarray(depression, dtype=np.float64)[::-1])
+        self._down_reversed = increasing_curve(np.asarray(depression, dtype=np.float64)[::-1])
         self._up_index = np.arange(self._up.size, dtype=np.float64)
         self._down_index = np.arange(self._down_reversed.size, dtype=np.float64)
 
