@@ -17,7 +17,7 @@ from cim_runtime.pipeline import InferenceRequest, run_inference, run_programmed
 from cim_runtime.programming import WriteVerifyConfig
 from cim_runtime.programming.schemes import SCHEMES
 from cim_runtime.files import write_json
-from cim_runtime.report import check_output_folder, plot_programming
+from cim_runtime.report import check_output_folder, keep_previous, plot_programming
 from cim_runtime.zoo import DEFAULT_MODEL_DIR, DEFAULT_SAMPLE_DIR
 
 logger = logging.getLogger(__name__)
@@ -114,6 +114,10 @@ def command_infer_programmed(args: argparse.Namespace) -> int:
 def report_inference(args: argparse.Namespace, outcome) -> int:
     # Files come first, so a closed standard output loses no result. The plot comes before the summary:
     # no summary then claims a complete run whose plot could not be written.
+    kept = keep_previous(args.output, OUTPUT_FILES)
+    if kept:
+        print(f"cim-run: note: {args.output} held results of an earlier run; they are kept as "
+              f"{', '.join(path.name for path in kept)}", file=sys.stderr)
     plot_programming(args.output / "conductance.png", outcome.programming)
     write_json(args.output / "summary.json", outcome.summary)
     print_summary(outcome.summary)
@@ -229,8 +233,8 @@ def command_device(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.verbose:
-        log_to_screen(logging.INFO)
+    # Warnings (a lost link, a device that cannot drift) reach the screen even without -v.
+    log_to_screen(logging.INFO if args.verbose else logging.WARNING)
     try:
         handler = args.handler or (command_program if args.command == "program" else command_device)
         return handler(args)

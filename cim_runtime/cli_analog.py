@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 from cim_runtime.analog import AnalogConfig
 from cim_runtime.analog.config import DRIFT_COMPENSATION, IR_DROP_MODELS, PAIR_SUBTRACTION
 from cim_runtime.analog.evaluate import AnalogRequest
 from cim_runtime.errors import ConfigError
 
-ANALOG_ONLY = ("dac_bits", "adc_bits", "bit_serial", "read_noise", "wire_resistance_ohm", "time_since_programming_s",
-               "fold_batchnorm", "keep_digital")
+#: Options that only analog mode uses; any of them away from its default needs --mode analog.
+ANALOG_ONLY = ("dac_bits", "adc_bits", "bit_serial", "read_noise", "wire_resistance_ohm", "ir_drop", "pair_subtraction",
+               "calibration_batches", "time_since_programming_s", "drift_compensation", "compile", "fold_batchnorm", "keep_digital")
 
 
 def bits(text: str) -> int:
@@ -24,7 +26,7 @@ def bits(text: str) -> int:
 
 
 def add_options(parser: argparse.ArgumentParser) -> None:
-    """Add the analog options to the ``infer`` parser."""
+    """Add the analog options to the ``infer`` parser; their defaults land in ``args.analog_defaults``."""
     group = parser.add_argument_group("analog mode")
     group.add_argument("--mode", choices=("readback", "analog"), default="readback",
                        help="readback: classify with the weights read back from the arrays; analog: compute every mapped "
@@ -51,6 +53,23 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--keep-digital", action="append", default=[], metavar="PATTERN",
                        help="keep the Conv2d or Linear layers whose names match this glob pattern digital, for example "
                             "'classifier' or 'features.conv0'; repeat for more patterns")
+    parser.set_defaults(analog_defaults={name: parser.get_default(name) for name in ANALOG_ONLY})
+
+
+def check_numbers(args: argparse.Namespace) -> None:
+    """Reject analog option values that no run can use, naming the option."""
+    checks = (
+        ("--read-noise", args.read_noise, args.read_noise is None or 0 <= args.read_noise < math.inf, "a relative sigma of 0 or above"),
+        ("--wire-resistance-ohm", args.wire_resistance_ohm, 0 <= args.wire_resistance_ohm < math.inf, "a finite resistance of 0 ohm or above"),
+        ("--calibration-batches", args.calibration_batches, args.calibration_batches >= 1, "at least 1"),
+        ("--time-since-programming-s", args.time_since_programming_s, 0 <= args.time_since_programming_s < math.inf,
+         "a finite time of 0 s or above"),
+    )
+    for option, value, valid, expected in checks:
+        if not valid:
+            raise ConfigError(f"{option} {value} is invalid: must be {expected}")
+    if args.bit_serial and args.dac_bits is None:
+        raise ConfigError("--bit-serial needs --dac-bits N: bit-serial input sends each DAC code bit by bit")
 
 
 def request_from_args(args: argparse.Namespace) -> AnalogRequest | None:
@@ -60,11 +79,13 @@ def request_from_args(args: argparse.Namespace) -> AnalogRequest | None:
         ConfigError: an analog option was given in readback mode.
     """
     if args.mode == "readback":
-        given = [name for name in ANALOG_ONLY if getattr(args, name) not in (None, False, 0.0, [])]
+        given = [name for name in ANALOG_ONLY if getattr(args, name) != args.analog_defaults[name]]
         if given:
             options = ", ".join("--" + name.replace("_", "-") for name in given)
-            raise ConfigError(f"{options} apply to --mode analog only; add --mode analog or drop them")
+            verb = "applies" if len(given) == 1 else "apply"
+            raise ConfigError(f"{options} {verb} to --mode analog only; add --mode analog or drop {'it' if len(given) == 1 else 'them'}")
         return None
+    check_numbers(args)
     config = AnalogConfig(
         dac_bits=args.dac_bits, adc_bits=args.adc_bits, bit_serial=args.bit_serial, read_noise_sigma_rel=args.read_noise,
         wire_resistance_ohm=args.wire_resistance_ohm, ir_drop=args.ir_drop, pair_subtraction=args.pair_subtraction,
@@ -85,9 +106,17 @@ def summary_lines(summary: dict) -> list[tuple[str, str]]:
     def resolution(value) -> str:
         return "ideal" if value is None else f"{value} bit"
 
+    dac = resolution(config["dac_bits"]) + (" bit-serial" if config["bit_serial"] else "")
+    subtraction = "pairs subtracted before the ADC" if config["pair_subtraction"] == "analog" else "each column digitized"
+    wires = "no IR drop" if config["wire_resistance_ohm"] == 0 else f"{config['ir_drop']} IR drop at {config['wire_resistance_ohm']:g} ohm"
+    if analog.get("conductances_from") == "saved state":
+        age = "conductances from the saved state"
+    else:
+        age = f"{analog['time_since_programming_s']:g} s after programming (drift compensation: {config['drift_compensation']})"
     lines = [
-        ("analog", f"DAC {resolution(config['dac_bits'])}, ADC {resolution(config['adc_bits'])}, read noise "
-                   f"{100 * config['read_noise_sigma_rel']:.2f} %, {analog['time_since_programming_s']:g} s after programming"),
+        ("analog", f"DAC {dac}, ADC {resolution(config['adc_bits'])} ({subtraction}), read noise "
+                   f"{100 * config['read_noise_sigma_rel']:.2f} %, {wires}{', compiled' if config['compile'] else ''}"),
+        ("conductance", age),
         ("saturated", f"DAC {100 * analog['dac_saturation']['fraction']:.3f} %, ADC {100 * analog['adc_saturation']['fraction']:.3f} % "
                       "of conversions"),
     ]

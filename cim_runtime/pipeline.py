@@ -172,7 +172,7 @@ def run_inference(driver: ArrayDriver, request: InferenceRequest) -> InferenceOu
     summary = build_summary(request, recipe, mapped, (info.identity, info.conductance_min_s, info.conductance_max_s),
                             programming, to_map.network, programmed, accuracy, stage_s)
     if request.analog is not None:
-        summary["analog"] = analog_summary(evaluated, request.analog)
+        summary["analog"] = analog_summary(evaluated, request.analog, accuracy, "backend")
     return InferenceOutcome(summary, programming)
 
 
@@ -252,5 +252,5 @@ def run_programmed_inference(state_dir: Path, request: InferenceRequest) -> Infe
     summary = build_summary(request, recipe, mapped, backend, programming, network, programmed, accuracy, stage_s)
     summary["write_verify_config"] = None
     if request.analog is not None:
-        summary["analog"] = analog_summary(evaluated, request.analog)
+        summary["analog"] = analog_summary(evaluated, request.analog, accuracy, "saved state")
     return InferenceOutcome(summary, programming)

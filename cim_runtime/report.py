@@ -32,6 +32,21 @@ def check_output_folder(folder: Path, names: tuple[str, ...]) -> None:
             raise ConfigError(f"{folder / name} is a folder, so the result file cannot be written there; remove it or pick another --output")
 
 
+def keep_previous(folder: Path, names: tuple[str, ...]) -> list[Path]:
+    """Rename result files of an earlier run in ``folder`` to ``NAME.previous.EXT``; return the new paths.
+
+    One earlier run is kept: a second rerun replaces the ``.previous`` files.
+    """
+    kept = []
+    for name in names:
+        path = folder / name
+        if path.is_file():
+            previous = path.with_name(f"{path.stem}.previous{path.suffix}")
+            path.replace(previous)
+            kept.append(previous)
+    return kept
+
+
 def plot_programming(path: Path, result: WriteVerifyResult, seed: int = 0) -> None:
     """Plot target against programmed conductance, the programming error and the pulses per cell."""
     import matplotlib

@@ -378,3 +378,11 @@ def test_compiled_read_noise_spread():
     assert repeats[True] and repeats[False]
     assert spread[False] > 0
     assert 0.9 < spread[True] / spread[False] < 1.1
+
+
+def test_first_order_ir_drop_rejects_large_drops():
+    conductance = np.random.default_rng(0).uniform(WINDOW.conductance_min_s, WINDOW.conductance_max_s, (64, 128))
+    with pytest.raises(ConfigError, match="use the exact model"):
+        convert_small(AnalogConfig(wire_resistance_ohm=2.0))
+    small = approximate_effective_conductance(conductance, 1e-5)
+    assert float(small.min()) > 0

@@ -48,13 +48,24 @@ def test_readback_run_has_no_analog_section(tmp_path):
 def test_analog_options_need_analog_mode(tmp_path):
     result = cim_run("infer", "--adc-bits", "8", "--output", str(tmp_path / "out"), "--no-progress")
     assert result.returncode == 2
-    assert "--adc-bits apply to --mode analog only" in result.stderr
+    assert "--adc-bits applies to --mode analog only" in result.stderr
+    for option in (["--compile"], ["--pair-subtraction", "digital"], ["--ir-drop", "exact"], ["--calibration-batches", "2"]):
+        result = cim_run("infer", *option, "--output", str(tmp_path / "out"), "--no-progress")
+        assert result.returncode == 2
+        assert f"{option[0]} applies to --mode analog only" in result.stderr
 
 
 def test_bit_serial_needs_dac_bits(tmp_path):
     result = cim_run("infer", "--mode", "analog", "--bit-serial", "--output", str(tmp_path / "out"), "--no-progress")
     assert result.returncode == 2
-    assert "bit_serial=True needs dac_bits" in result.stderr
+    assert "--bit-serial needs --dac-bits N" in result.stderr
+
+
+def test_impossible_numbers_name_the_option(tmp_path):
+    for option, value in (("--read-noise", "-0.1"), ("--wire-resistance-ohm", "inf"), ("--calibration-batches", "0")):
+        result = cim_run("infer", "--mode", "analog", option, value, "--output", str(tmp_path / "out"), "--no-progress")
+        assert result.returncode == 2
+        assert f"{option} {float(value) if option != '--calibration-batches' else value} is invalid" in result.stderr
 
 
 def test_fold_batchnorm_and_keep_digital(tmp_path):
@@ -79,7 +90,7 @@ def test_keep_digital_errors_name_the_pattern(tmp_path):
     assert "keeps every layer digital" in result.stderr
     result = cim_run("infer", "--keep-digital", "classifier", "--output", str(tmp_path / "out"), "--no-progress")
     assert result.returncode == 2
-    assert "--keep-digital apply to --mode analog only" in result.stderr
+    assert "--keep-digital applies to --mode analog only" in result.stderr
 
 
 def test_analog_from_programmed_state(tmp_path):

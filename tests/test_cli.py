@@ -204,3 +204,15 @@ def test_scheme_option_reaches_write_verify(tmp_path):
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["write_verify_config"]["scheme"] == "adaptive"
     assert summary["programming"]["fraction_in_tolerance"] == 1.0
+
+
+def test_rerun_keeps_earlier_results(tmp_path):
+    output = tmp_path / "out"
+    data = sample_with_one_class(tmp_path)
+    assert cim_run("infer", "--data-root", str(data), "--output", str(output), "--no-progress").returncode == 0
+    first = (output / "summary.json").read_text()
+    result = cim_run("infer", "--data-root", str(data), "--seed", "3", "--output", str(output), "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert "kept as summary.previous.json, conductance.previous.png" in result.stderr
+    assert (output / "summary.previous.json").read_text() == first
+    assert (output / "conductance.previous.png").is_file()

@@ -347,3 +347,13 @@ def test_resumed_run_counts_the_time_of_every_step(tmp_path):
     with SimulatorDriver("C4D1", rows=16, cols=16, arrays=8, seed=2, state=tmp_path / "sim") as driver:
         again = run_session(tmp_path, driver, mapped, resume=True)
     assert again.elapsed_s == pytest.approx(result.elapsed_s)
+
+
+def test_non_finite_state_values_are_rejected(tmp_path, tiny_model):
+    output = tmp_path / "run"
+    assert main(["program", "--model", str(tiny_model), "--backend", SIM, "--tile", "32x32", "--no-progress", "--output", str(output)]) == 0
+    arrays = dict(np.load(output / "programmed.npz"))
+    arrays["cell_measured_s"][:3] = np.nan
+    np.savez(output / "programmed.npz", **arrays)
+    with pytest.raises(DataError, match="measured_s in programmed.npz holds values that are not finite"):
+        load_state(output)

@@ -96,6 +96,11 @@ def prepare_analog(driver: ArrayDriver, network: nn.Module, mapped: MappedNetwor
     analog = from_driver(network, mapped, driver, request.config, folded)
     calibrate(analog, calibration_batches(dataset, request.calibration_batches, batch_size))
     if request.time_since_programming_s > 0:
+        profile = getattr(driver, "profile", None)
+        if profile is not None and profile.variation.drift_nu_mean == 0 and profile.variation.drift_nu_sigma_dtod == 0:
+            logger.warning("the simulated device does not drift (drift_nu_mean and drift_nu_sigma_dtod are 0, as in every "
+                           "built-in profile), so --time-since-programming-s %g changes nothing; pass a device file with "
+                           "drift_nu_mean above 0 to --device-profile to study drift", request.time_since_programming_s)
         read_after_drift(analog, driver, request.time_since_programming_s)
         logger.info("read the arrays again %g s after programming (drift compensation: %s)",
                     request.time_since_programming_s, analog.config.drift_compensation)
@@ -111,7 +116,7 @@ def analog_from_saved_pairs(network: nn.Module, mapped: MappedNetwork, pairs: di
     per MVM is 0 unless ``request.config`` sets it.
 
     Raises:
-        ConfigError: the request asks for drift, folding or digital layers, which need the arrays or a new mapping.
+        ConfigError: the request sets drift, folding or digital layers, which need the arrays or a new mapping.
     """
     if request.time_since_programming_s > 0 or request.config.drift_compensation != "none":
         raise ConfigError("--time-since-programming-s and --drift-compensation need the arrays to drift and be read again, "
@@ -128,10 +133,17 @@ def analog_from_saved_pairs(network: nn.Module, mapped: MappedNetwork, pairs: di
     return analog
 
 
-def analog_summary(analog: AnalogNetwork, request: AnalogRequest) -> dict:
-    """Settings and converter saturation of an analog run, for ``summary.json``."""
+def analog_summary(analog: AnalogNetwork, request: AnalogRequest, accuracy: dict, conductances_from: str) -> dict:
+    """Settings, accuracy and converter saturation of an analog run, for ``summary.json``.
+
+    Args:
+        accuracy: the accuracies of the run; its ``programmed_accuracy`` is the analog network's.
+        conductances_from: ``backend`` (read from the arrays) or ``saved state``.
+    """
     saturation = analog.saturation()
     return {
+        "accuracy": accuracy["programmed_accuracy"],
+        "conductances_from": conductances_from,
         "config": analog.config.to_dict(),
         "calibration_batches": request.calibration_batches,
         "time_since_programming_s": request.time_since_programming_s,

@@ -101,6 +101,24 @@ def exact_effective_conductance(conductance_s: np.ndarray, wire_resistance_ohm: 
     return nodal_currents(conductance, np.eye(conductance.shape[0]), wire_resistance_ohm)
 
 
+#: Largest share of a tile's current that the first-order model may lose to the wires. On a 256 x 256
+#: tile of C4D1 conductances, the exact solve loses 9.5 % at 0.001 ohm and this model 10.6 %. At
+#: 0.01 ohm the exact loss is 50 %, while this model gives 106 % and negative conductances.
+MAX_FIRST_ORDER_DROP = 0.15
+
+
+def check_first_order(conductance_s: np.ndarray, effective_s: np.ndarray, wire_resistance_ohm: float) -> None:
+    """Raise :class:`ConfigError` where the first-order model leaves its range: a large drop or a negative conductance."""
+    total_s = float(conductance_s.sum())
+    drop = 1.0 - float(effective_s.sum()) / total_s if total_s > 0 else 0.0
+    if drop > MAX_FIRST_ORDER_DROP or float(effective_s.min()) < 0:
+        rows, cols = conductance_s.shape
+        raise ConfigError(
+            f"with wire_resistance_ohm={wire_resistance_ohm:g} a {rows}x{cols} tile loses {100 * drop:.0f} % of its current to the "
+            f"wires by the first-order (approximate) IR-drop model, which holds only up to {100 * MAX_FIRST_ORDER_DROP:.0f} %; "
+            "use the exact model (--ir-drop exact, ir_drop='exact'), smaller tiles (--tile) or a smaller wire resistance")
+
+
 def approximate_effective_conductance(conductance_s: np.ndarray, wire_resistance_ohm: float) -> np.ndarray:
     """Return the first-order ``G_eff``: wire drops computed from the ideal cell currents.
 

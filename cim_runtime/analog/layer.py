@@ -30,7 +30,7 @@ from torch import nn
 from cim_runtime.analog.config import AnalogConfig
 from cim_runtime.analog.converters import Quantizer, SaturationCounter, bit_planes
 from cim_runtime.analog.counter_noise import MAX_ELEMENTS, counter_normal, draw_key
-from cim_runtime.analog.ir_drop import approximate_effective_conductance, exact_effective_conductance
+from cim_runtime.analog.ir_drop import approximate_effective_conductance, check_first_order, exact_effective_conductance
 from cim_runtime.errors import ConfigError
 from cim_runtime.mapping import LayerSpec, Tile
 
@@ -160,6 +160,8 @@ class AnalogLayer(nn.Module):
         self.dac_saturation = SaturationCounter()
         self.adc_saturation = SaturationCounter()
         self.calibrating: str | None = None
+        #: Whether an ADC calibration has finished on this layer.
+        self._calibrated = False
         self._calibration_stats: dict[str, float] = {}
 
         self.register_buffer("positive_s", torch.as_tensor(np.asarray(positive_s), dtype=torch.float64).clone())
@@ -206,7 +208,11 @@ class AnalogLayer(nn.Module):
             block = (tile.group, slice(tile.row_start, tile.row_start + tile.rows), slice(tile.col_start, tile.col_start + tile.cols))
             # Physical layout of the tile: column 2j is G+ and column 2j + 1 is G- of weight column j.
             physical = torch.stack([positive[block], negative[block]], dim=-1).reshape(tile.rows, 2 * tile.cols)
-            effective = torch.from_numpy(solve(physical.cpu().numpy(), resistance_ohm)).reshape(tile.rows, tile.cols, 2)
+            physical = physical.cpu().numpy()
+            effective = solve(physical, resistance_ohm)
+            if solve is approximate_effective_conductance:
+                check_first_order(physical, effective, resistance_ohm)
+            effective = torch.from_numpy(effective).reshape(tile.rows, tile.cols, 2)
             positive[block] = effective[..., 0].to(positive.device)
             negative[block] = effective[..., 1].to(negative.device)
         return positive, negative
@@ -314,6 +320,9 @@ class AnalogLayer(nn.Module):
         needs_adc = self.config.adc_bits is not None and self.calibrating is None
         range_a = self.plane_adc_range_a if self.config.bit_serial else self.adc_range_a
         if needs_adc and float(range_a) <= 0:
+            if self._calibrated:
+                raise ConfigError(f"layer {self.spec.name!r} gave no column current during calibration, so its ADC has no range; "
+                                  "check that the calibration images reach this layer with nonzero inputs")
             raise ConfigError(f"layer {self.spec.name!r} has no ADC range: calibrate the analog network before running it with adc_bits set")
 
     # Computation.
@@ -502,6 +511,7 @@ class AnalogLayer(nn.Module):
 
     def finish_adc_calibration(self) -> None:
         """Fix the ADC ranges from the recorded tile currents: ``2 * level`` signed, ``level`` unsigned."""
+        self._calibrated = True
         signed = not self.pair_columns or bool(self.input_signed)
         for name, buffer in (("adc", self.adc_range_a), ("plane_adc", self.plane_adc_range_a)):
             level = self._calibration_stats.get(name, 0.0)
