@@ -375,7 +375,8 @@ def test_compiled_read_noise_spread():
             analog.seed(11)
             repeats[compile_] = torch.equal(first, analog.network[0](batch))
         spread[compile_] = float(first.std(dim=0).mean())
-    assert repeats[True] and repeats[False]
+    assert repeats[True]
+    assert repeats[False]
     assert spread[False] > 0
     assert 0.9 < spread[True] / spread[False] < 1.1
 

@@ -102,8 +102,8 @@ def compiled(function):
     # NOTE: pass code limits and scales as 0-d tensors. With torch 2.14.1, a compiled function called
     # first with float limits -128 and 127 kept clipping at 127 when later called with 0 and 255.
     if function.__name__ not in _compiled:
-        # On machines without CUDA, torch warns once that it found no CUDA runtime; that says nothing
-        # about the CPU loops compiled here.
+        # On machines without CUDA, torch warns once that it found no CUDA runtime. The CPU loops
+        # compiled here do not need one, so the warning would only mislead.
         logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
         _compiled[function.__name__] = torch.compile(function, dynamic=True)
     return _compiled[function.__name__]
