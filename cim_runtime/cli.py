@@ -114,10 +114,10 @@ def command_infer_programmed(args: argparse.Namespace) -> int:
 def report_inference(args: argparse.Namespace, outcome) -> int:
     # Files come first, so a closed standard output loses no result. The plot comes before the summary:
     # no summary then claims a complete run whose plot could not be written.
-    kept = keep_previous(args.output, OUTPUT_FILES)
-    if kept:
-        print(f"cim-run: note: {args.output} held results of an earlier run; they are kept as "
-              f"{', '.join(path.name for path in kept)}", file=sys.stderr)
+    previous_paths = keep_previous(args.output, OUTPUT_FILES)
+    if previous_paths:
+        print(f"cim-run: note: {args.output} contained results of an earlier run; they are kept as "
+              f"{', '.join(path.name for path in previous_paths)}", file=sys.stderr)
     plot_programming(args.output / "conductance.png", outcome.programming)
     write_json(args.output / "summary.json", outcome.summary)
     print_summary(outcome.summary)

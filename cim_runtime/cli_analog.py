@@ -79,11 +79,11 @@ def request_from_args(args: argparse.Namespace) -> AnalogRequest | None:
         ConfigError: an analog option was given in readback mode.
     """
     if args.mode == "readback":
-        given = [name for name in ANALOG_ONLY if getattr(args, name) != args.analog_defaults[name]]
-        if given:
-            options = ", ".join("--" + name.replace("_", "-") for name in given)
-            verb = "applies" if len(given) == 1 else "apply"
-            raise ConfigError(f"{options} {verb} to --mode analog only; add --mode analog or drop {'it' if len(given) == 1 else 'them'}")
+        changed = [name for name in ANALOG_ONLY if getattr(args, name) != args.analog_defaults[name]]
+        if changed:
+            options = ", ".join("--" + name.replace("_", "-") for name in changed)
+            verb, pronoun = ("applies", "it") if len(changed) == 1 else ("apply", "them")
+            raise ConfigError(f"{options} {verb} to --mode analog only; add --mode analog or drop {pronoun}")
         return None
     check_numbers(args)
     config = AnalogConfig(

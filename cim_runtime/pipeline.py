@@ -147,7 +147,7 @@ def run_inference(driver: ArrayDriver, request: InferenceRequest) -> InferenceOu
 
     started = time.monotonic()
     # The digital accuracy is that of the network as trained; the rest uses the network as mapped.
-    to_map = network_to_map(network, request.analog, dataset[0][0].unsqueeze(0))
+    to_map = network_to_map(network, request.analog, dataset)
     mapped = map_for_driver(to_map.network, driver, request.tile, layer_names=to_map.layer_names)
     stage_s["map"] = time.monotonic() - started
 

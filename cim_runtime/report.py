@@ -35,16 +35,16 @@ def check_output_folder(folder: Path, names: tuple[str, ...]) -> None:
 def keep_previous(folder: Path, names: tuple[str, ...]) -> list[Path]:
     """Rename result files of an earlier run in ``folder`` to ``NAME.previous.EXT``; return the new paths.
 
-    One earlier run is kept: a second rerun replaces the ``.previous`` files.
+    Only one earlier run survives: a second rerun replaces the ``.previous`` files.
     """
-    kept = []
+    renamed = []
     for name in names:
         path = folder / name
         if path.is_file():
             previous = path.with_name(f"{path.stem}.previous{path.suffix}")
             path.replace(previous)
-            kept.append(previous)
-    return kept
+            renamed.append(previous)
+    return renamed
 
 
 def plot_programming(path: Path, result: WriteVerifyResult, seed: int = 0) -> None:

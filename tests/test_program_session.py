@@ -355,5 +355,5 @@ def test_non_finite_state_values_are_rejected(tmp_path, tiny_model):
     arrays = dict(np.load(output / "programmed.npz"))
     arrays["cell_measured_s"][:3] = np.nan
     np.savez(output / "programmed.npz", **arrays)
-    with pytest.raises(DataError, match="measured_s in programmed.npz holds values that are not finite"):
+    with pytest.raises(DataError, match="measured_s in programmed.npz contains values that are not finite"):
         load_state(output)

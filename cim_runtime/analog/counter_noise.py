@@ -33,6 +33,7 @@ def _mix32(values: torch.Tensor) -> torch.Tensor:
     Products wrap modulo 2**32 (the vector multiply instructions do so). Right shifts are masked,
     so they act as logical shifts on negative values too.
     """
+    # NOTE: signed int32 overflow is undefined in C++; the tests check that eager and compiled code agree.
     values = (values ^ ((values >> 16) & _LOW16)) * _MULTIPLIER
     values = (values ^ ((values >> 16) & _LOW16)) * _MULTIPLIER
     return values ^ ((values >> 16) & _LOW16)
@@ -51,6 +52,6 @@ def counter_normal(like: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
     scrambled = _mix32(position ^ key[0])
     first = (_mix32(scrambled ^ key[1]) >> 8) & _LOW24
     second = (_mix32(scrambled ^ key[2]) >> 8) & _LOW24
-    # (n + 0.5) / 2**24 lies strictly inside (0, 1), so the logarithm is finite.
+    # In float32, (n + 0.5) / 2**24 lies in (0, 1]: above 0, so the logarithm is finite.
     radius = torch.sqrt(-2.0 * torch.log((first.float() + 0.5) * _UNIFORM_SCALE))
     return radius * torch.cos(second.float() * (2 * math.pi * _UNIFORM_SCALE))

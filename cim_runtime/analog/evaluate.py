@@ -62,18 +62,18 @@ class NetworkToMap:
     layer_names: list[str] | None
 
 
-def network_to_map(network: nn.Module, request: AnalogRequest | None, example_input: torch.Tensor) -> NetworkToMap:
+def network_to_map(network: nn.Module, request: AnalogRequest | None, dataset) -> NetworkToMap:
     """Apply the request's batch-norm folding and digital layers to ``network`` (readback mode: no change).
 
     Raises:
         ConfigError: a ``keep_digital`` pattern matches no layer, every layer is kept digital, or
-            folding changed the output of ``example_input``.
+            folding changed the network's output on the first image of ``dataset``.
     """
     if request is None:
         return NetworkToMap(network, [], None)
     folded: list[tuple[str, str]] = []
     if request.fold_batchnorm:
-        network, folded = fold_batch_norms(network, example_input)
+        network, folded = fold_batch_norms(network, dataset[0][0].unsqueeze(0))
     names = analog_layer_names(network, request.keep_digital) if request.keep_digital else None
     if names == []:
         raise ConfigError(f"--keep-digital {' '.join(request.keep_digital)} keeps every layer digital; "
@@ -122,7 +122,7 @@ def analog_from_saved_pairs(network: nn.Module, mapped: MappedNetwork, pairs: di
         raise ConfigError("--time-since-programming-s and --drift-compensation need the arrays to drift and be read again, "
                           "so they do not apply with --programmed; run cim-run infer --mode analog on the backend instead")
     if request.fold_batchnorm or request.keep_digital:
-        raise ConfigError("--fold-batchnorm and --keep-digital change what is mapped, and a saved state holds every layer "
+        raise ConfigError("--fold-batchnorm and --keep-digital change what is mapped, and a saved state contains every layer "
                           "as cim-run program mapped it; run cim-run infer --mode analog without --programmed instead")
     config = request.config
     if config.read_noise_sigma_rel is None:

@@ -49,8 +49,9 @@ def calibrate_ramp_variation(data: PulseTrainData, fit: DeviceFit, seed: int = 0
     The correlation of the wander stays as fitted. The round with the smallest largest ratio error is kept.
 
     Returns:
-        The calibrated fit and its simulated check; ``fit`` itself and its check where the check already
-        lies within CALIBRATION_TOLERANCE or the fit has no range wander (too few ramps per cell to show one).
+        The calibrated fit and its simulated check. Where the check already lies within
+        CALIBRATION_TOLERANCE, or the fit has no range wander because each cell has too few ramps,
+        ``fit`` itself and its check.
     """
     report = simulate_like(data, fit, seed)
     if fit.window_wander is None:

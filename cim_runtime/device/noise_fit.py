@@ -220,7 +220,7 @@ def _cell_log_factors(groups: list[_CellRamps]) -> dict[int, np.ndarray]:
 def _dtod_sigma(logs: dict[int, np.ndarray]) -> float:
     """Log-normal sigma of the per-cell step factor, less the sampling noise of each cell's mean."""
     means = np.array([values.mean() for values in logs.values()])
-    # The scatter of a cell's ramps around its own mean tells how noisy that mean is.
+    # The scatter of a cell's ramps around its own mean measures the sampling noise of that mean.
     sampling = np.mean([values.var(ddof=1) / values.size for values in logs.values() if values.size >= 2] or [0.0])
     return float(np.sqrt(max(means.var(ddof=1) - sampling, 0.0)))
 

@@ -113,6 +113,6 @@ def load_state(folder: Path) -> ProgrammedState:
         raise DataError(f"the programmed state in {folder} has {plan.cells_used} cells in its plan but arrays of other lengths")
     damaged = [name for name, values in cells.items() if values.dtype.kind == "f" and not np.isfinite(values).all()]
     if damaged:
-        raise DataError(f"the programmed state in {folder} is corrupt ({', '.join(damaged)} in {STATE_ARRAYS} holds values that are "
+        raise DataError(f"the programmed state in {folder} is corrupt ({', '.join(damaged)} in {STATE_ARRAYS} contains values that are "
                         "not finite numbers); program the network again with cim-run program")
     return ProgrammedState(meta, plan, cells, calibration)
