@@ -7,7 +7,8 @@ onto 256 x 256 arrays of the C4D1 window with the mapping targets as conductance
 programming). Readback mode is the torch network with the weights decoded from those conductances.
 Analog mode folds batch norm and uses an 8-bit DAC, an 8-bit ADC and read noise of 0.2 % per cell,
 calibrated on one random batch. ``analog-compiled`` is the same with ``compile=True``: DAC and
-channel gather, then read noise, ADC and tile sum, each run as one fused loop. Every mode
+channel gather, then read noise, ADC and tile sum, each run as one fused loop.
+``analog-column-mean`` is ``analog-compiled`` with ``read_noise_variance="column-mean"``. Every mode
 runs the same random 224 x 224 batches, alternating batch by batch in this process, so the ratios
 compare like with like. Peak memory is the maximum resident set size of a fresh child process that
 builds one mode and runs one batch. ``--stages MODE`` prints instead how long one batch of 8 spends
@@ -26,14 +27,18 @@ import torch
 import torchvision
 
 from cim_runtime.analog import AnalogConfig, AnalogLayer, calibrate, convert
-from cim_runtime.analog.layer import compiled, quantize_inputs
+from cim_runtime.analog.fused import compiled, quantize_inputs
+from cim_runtime.analog.layer import SetCurrents
 from cim_runtime.inference import with_weights
 from cim_runtime.mapping import ConductanceWindow, map_network
 
 WINDOW = ConductanceWindow(1.43e-3, 3.38e-3)
 ARRAY = 256
 ANALOG = AnalogConfig(dac_bits=8, adc_bits=8, read_noise_sigma_rel=0.002)
-MODES = ("torch", "readback", "analog", "analog-compiled")
+MODES = ("torch", "readback", "analog", "analog-compiled", "analog-column-mean")
+#: Settings that each analog mode changes from ANALOG.
+ANALOG_MODES = {"analog": {}, "analog-compiled": {"compile": True},
+                "analog-column-mean": {"compile": True, "read_noise_variance": "column-mean"}}
 BUILDERS = {"resnet18": torchvision.models.resnet18, "resnet50": torchvision.models.resnet50}
 
 
@@ -46,7 +51,7 @@ def build(name: str, mode: str) -> torch.nn.Module:
     if mode == "readback":
         mapped = map_network(network, WINDOW, tile_rows=ARRAY, tile_cols=ARRAY, array_rows=ARRAY, array_cols=ARRAY)
         return with_weights(network, mapped.decode_weights(mapped.target_pairs))
-    config = AnalogConfig.from_dict({**ANALOG.to_dict(), "compile": mode == "analog-compiled"})
+    config = AnalogConfig.from_dict({**ANALOG.to_dict(), **ANALOG_MODES[mode]})
     analog = convert(network, window=WINDOW, tile_rows=ARRAY, tile_cols=ARRAY, array_rows=ARRAY, array_cols=ARRAY,
                      config=config, example_input=torch.randn(2, 3, 224, 224))
     calibrate(analog, [torch.randn(8, 3, 224, 224)])
@@ -141,13 +146,13 @@ def timed_layer_stages(layer: AnalogLayer, inputs: torch.Tensor) -> dict[str, fl
     dac = layer.dac()
     scale, code_min, code_max = torch.tensor([layer.config.read_voltage_v / float(layer.input_range) / dac.step, dac.code_min, dac.code_max])
     quantize = compiled(quantize_inputs) if layer.config.compile else quantize_inputs
-    codes, squared, _ = quantize(inputs, scale, code_min, code_max, True, layer._channel_gather)
+    codes, squared, _ = quantize(inputs, scale, code_min, code_max, layer._square_dtype, layer._stored("channels"))
     marks.append(time.perf_counter())
-    currents = layer._split_outputs(layer._convolve(layer._pad(codes), layer._signal_kernel))
+    currents = [layer.signal_currents(index, layer._pad(values)) for index, values in enumerate(codes)]
     marks.append(time.perf_counter())
-    variance = layer._split_outputs(layer._convolve(layer._pad(squared), layer._variance_kernel))
+    variances = [layer.noise_variance(index, layer._pad(values)) for index, values in enumerate(squared)]
     marks.append(time.perf_counter())
-    total = layer._digitize(currents, variance, plane=False)
+    total = layer._digitize([SetCurrents(signal, *variance) for signal, variance in zip(currents, variances)], plane=False)
     marks.append(time.perf_counter())
     layer._to_layer_units(total, inputs.shape[0], layer._units()[1])
     marks.append(time.perf_counter())
@@ -161,7 +166,7 @@ def main() -> None:
     parser.add_argument("--resnet50-batch", type=int, default=32, help="ResNet-50 batch size for the memory run (default 32)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
     parser.add_argument("--no-timing", action="store_true", help="skip the images-per-second runs")
-    parser.add_argument("--stages", choices=("analog", "analog-compiled"),
+    parser.add_argument("--stages", choices=tuple(ANALOG_MODES),
                         help="only print the seconds one batch of 8 spends in each stage of the analog convolutions")
     args = parser.parse_args()
     if args.stages:

@@ -6,12 +6,12 @@ import argparse
 import math
 
 from cim_runtime.analog import AnalogConfig
-from cim_runtime.analog.config import DRIFT_COMPENSATION, IR_DROP_MODELS, PAIR_SUBTRACTION
+from cim_runtime.analog.config import DRIFT_COMPENSATION, IR_DROP_MODELS, PAIR_SUBTRACTION, READ_NOISE_VARIANCE
 from cim_runtime.analog.evaluate import AnalogRequest
 from cim_runtime.errors import ConfigError
 
 #: Options that only analog mode uses; any of them away from its default needs --mode analog.
-ANALOG_ONLY = ("dac_bits", "adc_bits", "bit_serial", "read_noise", "wire_resistance_ohm", "ir_drop", "pair_subtraction",
+ANALOG_ONLY = ("dac_bits", "adc_bits", "bit_serial", "read_noise", "read_noise_variance", "wire_resistance_ohm", "ir_drop", "pair_subtraction",
                "calibration_batches", "time_since_programming_s", "drift_compensation", "compile", "fold_batchnorm", "keep_digital")
 
 
@@ -36,6 +36,9 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--bit-serial", action="store_true", help="send each DAC code as one read per bit (needs --dac-bits)")
     group.add_argument("--read-noise", type=float, metavar="SIGMA",
                        help="relative read noise per cell and MVM (default: the simulator profile's read_sigma_rel)")
+    group.add_argument("--read-noise-variance", choices=READ_NOISE_VARIANCE, default="exact",
+                       help="exact: each cell's own conductance sets its noise; column-mean: each tile column's mean "
+                            "conductance does, which skips one convolution per layer (default %(default)s)")
     group.add_argument("--wire-resistance-ohm", type=float, default=0.0, help="resistance of each wire segment in ohms (default 0: no IR drop)")
     group.add_argument("--ir-drop", choices=IR_DROP_MODELS, default="approximate", help="IR-drop model (default %(default)s)")
     group.add_argument("--pair-subtraction", choices=PAIR_SUBTRACTION, default="analog",
@@ -88,7 +91,7 @@ def request_from_args(args: argparse.Namespace) -> AnalogRequest | None:
     check_numbers(args)
     config = AnalogConfig(
         dac_bits=args.dac_bits, adc_bits=args.adc_bits, bit_serial=args.bit_serial, read_noise_sigma_rel=args.read_noise,
-        wire_resistance_ohm=args.wire_resistance_ohm, ir_drop=args.ir_drop, pair_subtraction=args.pair_subtraction,
+        read_noise_variance=args.read_noise_variance, wire_resistance_ohm=args.wire_resistance_ohm, ir_drop=args.ir_drop, pair_subtraction=args.pair_subtraction,
         drift_compensation=args.drift_compensation, compile=args.compile,
         seed=args.seed if args.seed is not None else 0,
     )
@@ -109,13 +112,15 @@ def summary_lines(summary: dict) -> list[tuple[str, str]]:
     dac = resolution(config["dac_bits"]) + (" bit-serial" if config["bit_serial"] else "")
     subtraction = "pairs subtracted before the ADC" if config["pair_subtraction"] == "analog" else "each column digitized"
     wires = "no IR drop" if config["wire_resistance_ohm"] == 0 else f"{config['ir_drop']} IR drop at {config['wire_resistance_ohm']:g} ohm"
+    # Configs saved before the option existed lack the key; they used the exact variance.
+    noise_variance = " (column-mean variance)" if config.get("read_noise_variance") == "column-mean" else ""
     if analog.get("conductances_from") == "saved state":
         age = "conductances from the saved state"
     else:
         age = f"{analog['time_since_programming_s']:g} s after programming (drift compensation: {config['drift_compensation']})"
     lines = [
         ("analog", f"DAC {dac}, ADC {resolution(config['adc_bits'])} ({subtraction}), read noise "
-                   f"{100 * config['read_noise_sigma_rel']:.2f} %, {wires}{', compiled' if config['compile'] else ''}"),
+                   f"{100 * config['read_noise_sigma_rel']:.2f} %{noise_variance}, {wires}{', compiled' if config['compile'] else ''}"),
         ("conductance", age),
         ("saturated", f"DAC {100 * analog['dac_saturation']['fraction']:.3f} %, ADC {100 * analog['adc_saturation']['fraction']:.3f} % "
                       "of conversions"),

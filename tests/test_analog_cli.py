@@ -49,7 +49,8 @@ def test_analog_options_need_analog_mode(tmp_path):
     result = cim_run("infer", "--adc-bits", "8", "--output", str(tmp_path / "out"), "--no-progress")
     assert result.returncode == 2
     assert "--adc-bits applies to --mode analog only" in result.stderr
-    for option in (["--compile"], ["--pair-subtraction", "digital"], ["--ir-drop", "exact"], ["--calibration-batches", "2"]):
+    for option in (["--compile"], ["--pair-subtraction", "digital"], ["--ir-drop", "exact"], ["--calibration-batches", "2"],
+                   ["--read-noise-variance", "column-mean"]):
         result = cim_run("infer", *option, "--output", str(tmp_path / "out"), "--no-progress")
         assert result.returncode == 2
         assert f"{option[0]} applies to --mode analog only" in result.stderr
@@ -71,13 +72,15 @@ def test_impossible_numbers_name_the_option(tmp_path):
 def test_fold_batchnorm_and_keep_digital(tmp_path):
     result = cim_run("infer", "--data-root", str(sample_with_two_classes(tmp_path)), "--mode", "analog", "--dac-bits", "8",
                      "--adc-bits", "8", "--fold-batchnorm", "--keep-digital", "classifier", "--keep-digital", "features.conv0",
-                     "--calibration-batches", "1", "--batch-size", "8", "--output", str(tmp_path / "out"), "--no-progress")
+                     "--read-noise-variance", "column-mean", "--calibration-batches", "1", "--batch-size", "8", "--output", str(tmp_path / "out"), "--no-progress")
     assert result.returncode == 0, result.stderr
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["analog"]["digital_layers"] == ["features.conv0", "classifier"]
     assert len(summary["analog"]["folded_batchnorm"]) > 0
     assert {"features.conv0", "classifier"}.isdisjoint(row["layer"] for row in summary["layers"])
     assert "folded into convolutions" in result.stdout
+    assert summary["analog"]["config"]["read_noise_variance"] == "column-mean"
+    assert "(column-mean variance)" in result.stdout
     assert summary["programmed_accuracy"] >= summary["digital_accuracy"] - 0.2
 
 

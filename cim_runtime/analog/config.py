@@ -10,6 +10,7 @@ from cim_runtime.errors import ConfigError
 PAIR_SUBTRACTION = ("analog", "digital")
 IR_DROP_MODELS = ("approximate", "exact")
 DRIFT_COMPENSATION = ("none", "global", "column")
+READ_NOISE_VARIANCE = ("exact", "column-mean")
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,12 @@ class AnalogConfig:
     #: Relative read noise of each cell per MVM (sigma of the current over the cell's mean current).
     #: None takes the simulator's ``read_sigma_rel`` when converting from a simulator, else 0.
     read_noise_sigma_rel: float | None = 0.0
+    #: How the variance of a column's read noise is computed. ``exact``: from every cell's own
+    #: conductance, ``sum(v**2 * (sigma * G)**2)``, one more convolution as large as the signal's.
+    #: ``column-mean``: each cell's ``G**2`` is replaced by its tile column's mean, so the variance is
+    #: ``sum(v**2) * mean((sigma * G)**2)``. That needs only the row power per tile, and the spread is
+    #: typically off by 1 to 3 % (docs/analog.md).
+    read_noise_variance: str = "exact"
     #: Resistance of each row and column wire segment, in ohms; 0 disables IR drop.
     wire_resistance_ohm: float = 0.0
     #: ``approximate`` (first order in the wire resistance) or ``exact`` (sparse nodal solve per tile).
@@ -61,7 +68,7 @@ class AnalogConfig:
         if not 0 < self.calibration_percentile <= 100:
             raise ConfigError(f"calibration_percentile={self.calibration_percentile!r} is invalid: must be above 0 and at most 100")
         for name, allowed in (("ir_drop", IR_DROP_MODELS), ("pair_subtraction", PAIR_SUBTRACTION),
-                              ("drift_compensation", DRIFT_COMPENSATION)):
+                              ("drift_compensation", DRIFT_COMPENSATION), ("read_noise_variance", READ_NOISE_VARIANCE)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name}={getattr(self, name)!r} is invalid: must be one of {', '.join(allowed)}")
 

@@ -18,9 +18,9 @@ Signal chain of one forward pass:
 
 from __future__ import annotations
 
-import logging
 import math
 from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -29,42 +29,27 @@ from torch import nn
 
 from cim_runtime.analog.config import AnalogConfig
 from cim_runtime.analog.converters import Quantizer, SaturationCounter, bit_planes
-from cim_runtime.analog.counter_noise import MAX_ELEMENTS, counter_normal, draw_key
+from cim_runtime.analog.blocks import BlockSet, block_means, block_sets, channel_index, row_blocks, set_kernel
+from cim_runtime.analog.counter_noise import MAX_ELEMENTS, draw_key
+from cim_runtime.analog.fused import compiled, digitize_codes, quantize_inputs
 from cim_runtime.analog.ir_drop import approximate_effective_conductance, check_first_order, exact_effective_conductance
 from cim_runtime.errors import ConfigError
 from cim_runtime.mapping import LayerSpec, Tile
-
-#: Channel count that grouped convolution groups are padded to a multiple of.
-CHANNEL_ALIGNMENT = 16
 
 #: Values sampled from one batch to estimate a calibration percentile.
 CALIBRATION_SAMPLES = 1 << 18
 
 
-def digitize_codes(currents: torch.Tensor, variance: torch.Tensor | None, key: torch.Tensor | None,
-                   code_min: torch.Tensor, code_max: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Add noise drawn from ``key``, round to codes, count and clip saturated codes, and sum over row blocks (dimension 4)."""
-    values = currents if variance is None else currents + variance.float().sqrt() * counter_normal(currents, key)
-    values = torch.round(values)
-    saturated = ((values < code_min) | (values > code_max)).sum()
-    return values.clamp(code_min, code_max).sum(dim=4), saturated
+class SetCurrents(NamedTuple):
+    """Tile outputs of one block set, before the ADC (see :meth:`AnalogLayer.tile_currents`)."""
 
-
-def quantize_inputs(values: torch.Tensor, scale: torch.Tensor, code_min: torch.Tensor, code_max: torch.Tensor,
-                    square: bool, channels: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """Return the DAC codes of ``values * scale``, gathered and channels-last, their bfloat16 squares, and the saturated count.
-
-    ``channels`` selects the input channels of the convolution groups (None for all), as
-    :meth:`AnalogLayer._gather` does; the saturated count covers each input once.
-    """
-    raw = torch.round(values * scale)
-    saturated = ((raw < code_min) | (raw > code_max)).sum()
-    nhwc = values.permute(0, 2, 3, 1)
-    if channels is not None:
-        nhwc = nhwc.index_select(3, channels)
-    codes = torch.round(nhwc * scale).clamp(code_min, code_max).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
-    squared = (codes * codes).to(torch.bfloat16) if square else None
-    return codes, squared, saturated
+    #: Noiseless column currents, ``(N, H, W, groups, blocks, parts, matrix_cols)``.
+    currents: torch.Tensor
+    #: Read-noise variance of each current; or, with ``column_variance``, the row power per block
+    #: ``(N, H, W, groups, blocks, 1, 1)``; None without read noise.
+    variance: torch.Tensor | None
+    #: Mean variance per cell and unit row power of each column ``(groups, blocks, parts, matrix_cols)``, or None.
+    column_variance: torch.Tensor | None
 
 
 #: Draws at least this large are split over CPU threads.
@@ -94,21 +79,6 @@ def standard_normal(shape, generator: torch.Generator | None, like: torch.Tensor
     return noise
 
 
-_compiled: dict[str, object] = {}
-
-
-def compiled(function):
-    """Return ``function`` compiled by ``torch.compile`` into fused loops, compiling on first use."""
-    # NOTE: pass code limits and scales as 0-d tensors. With torch 2.14.1, a compiled function called
-    # first with float limits -128 and 127 kept clipping at 127 when later called with 0 and 255.
-    if function.__name__ not in _compiled:
-        # On machines without CUDA, torch warns once that it found no CUDA runtime. The CPU loops
-        # compiled here do not need one, so the warning would only mislead.
-        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-        _compiled[function.__name__] = torch.compile(function, dynamic=True)
-    return _compiled[function.__name__]
-
-
 def canonical_channels_last(values: torch.Tensor) -> torch.Tensor:
     """Return ``values`` in channels-last memory order with the standard strides.
 
@@ -119,19 +89,6 @@ def canonical_channels_last(values: torch.Tensor) -> torch.Tensor:
     values = values.contiguous(memory_format=torch.channels_last)
     batch, channels, height, width = values.shape
     return values.as_strided(values.shape, (channels * height * width, 1, width * channels, channels))
-
-
-def row_blocks(spec: LayerSpec, tiles: list[Tile]) -> list[tuple[int, int]]:
-    """Return the (row_start, rows) blocks the tiles cut each group's matrix into, in row order."""
-    blocks = sorted({(tile.row_start, tile.rows) for tile in tiles})
-    covered = 0
-    for row_start, rows in blocks:
-        if row_start != covered:
-            raise ConfigError(f"the tiles of layer {spec.name!r} do not cover matrix rows {covered} to {row_start - 1}")
-        covered = row_start + rows
-    if covered != spec.matrix_rows:
-        raise ConfigError(f"the tiles of layer {spec.name!r} cover {covered} of its {spec.matrix_rows} matrix rows")
-    return blocks
 
 
 class AnalogLayer(nn.Module):
@@ -156,6 +113,7 @@ class AnalogLayer(nn.Module):
         self.weight_scale = float(weight_scale)
         self.conductance_min_s = float(conductance_min_s)
         self.blocks = row_blocks(spec, self.tiles)
+        self.block_sets = block_sets(self.blocks, self.kernel_size[0] * self.kernel_size[1])
         self.noise_generator: torch.Generator | None = None
         self.dac_saturation = SaturationCounter()
         self.adc_saturation = SaturationCounter()
@@ -184,18 +142,6 @@ class AnalogLayer(nn.Module):
     def kernel_size(self) -> tuple[int, int]:
         return self.spec.kernel_size if self.spec.kind == "conv2d" else (1, 1)
 
-    def _block_channels(self) -> tuple[list[int], int]:
-        """Return the first input channel of each row block and the most channels any block spans."""
-        per_channel = self.kernel_size[0] * self.kernel_size[1]
-        firsts = [row_start // per_channel for row_start, _ in self.blocks]
-        spans = [(row_start + rows - 1) // per_channel - first + 1 for (row_start, rows), first in zip(self.blocks, firsts)]
-        span = max(spans)
-        if len(self.blocks) > 1 and span >= CHANNEL_ALIGNMENT:
-            # oneDNN's grouped bfloat16 convolutions run about twice as fast on channel counts that are
-            # multiples of 16; the extra channels carry zero kernel weights.
-            span = -(-span // CHANNEL_ALIGNMENT) * CHANNEL_ALIGNMENT
-        return firsts, span
-
     def effective_pairs(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Return G+ and G- as the columns see them, IR drop included, in siemens (float64)."""
         positive, negative = self.positive_s, self.negative_s
@@ -216,37 +162,6 @@ class AnalogLayer(nn.Module):
             positive[block] = effective[..., 0].to(positive.device)
             negative[block] = effective[..., 1].to(negative.device)
         return positive, negative
-
-    def _kernel(self, matrices: torch.Tensor) -> torch.Tensor:
-        """Lay out ``(groups, parts, matrix_rows, matrix_cols)`` matrices as a grouped-convolution kernel.
-
-        Convolution group ``(g, b)`` reads the input channels of row block ``b`` of group ``g``. It
-        produces ``parts * matrix_cols`` outputs, and its kernel entries of rows outside the block are zero.
-        """
-        groups, parts = matrices.shape[:2]
-        kernel_h, kernel_w = self.kernel_size
-        per_channel = kernel_h * kernel_w
-        firsts, span = self._block_channels()
-        kernel = matrices.new_zeros(groups, len(self.blocks), parts, self.spec.matrix_cols, span * per_channel)
-        for index, ((row_start, rows), first) in enumerate(zip(self.blocks, firsts)):
-            offset = row_start - first * per_channel
-            kernel[:, index, :, :, offset : offset + rows] = matrices[:, :, row_start : row_start + rows].transpose(-1, -2)
-        return kernel.reshape(-1, span, kernel_h, kernel_w).float().contiguous(memory_format=torch.channels_last)
-
-    def _channel_index(self) -> torch.Tensor | None:
-        """Input channels gathered for the grouped convolution; None when it is the identity."""
-        firsts, span = self._block_channels()
-        channels_per_group = self.spec.matrix_rows // (self.kernel_size[0] * self.kernel_size[1])
-        index = []
-        for group in range(self.spec.groups):
-            for first in firsts:
-                # Channels past the group's end carry zero kernel weights; any valid channel will do.
-                local = np.minimum(first + np.arange(span), channels_per_group - 1)
-                index.append(group * channels_per_group + local)
-        index = np.concatenate(index)
-        if index.size == self.spec.groups * channels_per_group and np.array_equal(index, np.arange(index.size)):
-            return None
-        return torch.from_numpy(index).to(self.positive_s.device)
 
     @property
     def pair_columns(self) -> bool:
@@ -279,14 +194,33 @@ class AnalogLayer(nn.Module):
             variance = (positive**2 + negative**2).unsqueeze(1)
         input_v, output_a = self._units()
         gain = input_v / output_a
-        self.register_buffer("_signal_kernel", self._kernel(signal * gain), persistent=False)
         sigma = self.config.read_noise
+        variance = variance * (sigma * gain) ** 2
+        self._store("signal", [set_kernel(signal * gain, block_set, self.kernel_size) for block_set in self.block_sets])
+        exact = sigma > 0 and self.config.read_noise_variance == "exact"
+        column_mean = sigma > 0 and not exact
         # The variance only sets the spread of the drawn noise. bfloat16 rounds inputs, weights and
         # outputs by at most 0.2 % each, so the spread is off by well under 1 %, and this second
         # convolution runs several times faster on CPUs with bfloat16 instructions.
-        variance_kernel = self._kernel(variance * (sigma * gain) ** 2).to(torch.bfloat16) if sigma > 0 else None
-        self.register_buffer("_variance_kernel", variance_kernel, persistent=False)
-        self.register_buffer("_channel_gather", self._channel_index(), persistent=False)
+        self._store("variance", [set_kernel(variance, block_set, self.kernel_size).to(torch.bfloat16) if exact else None
+                                 for block_set in self.block_sets])
+        # Column-mean variance: the row power sum(v**2) of each block (bfloat16 sums of squares, off by
+        # at most 0.4 %), times each column's mean (sigma * G)**2.
+        rows = torch.ones_like(positive[:, None, :, :1])
+        self._store("power", [set_kernel(rows, block_set, self.kernel_size).to(torch.bfloat16) if column_mean else None
+                              for block_set in self.block_sets])
+        self._store("column_variance", [block_means(variance, block_set) if column_mean else None for block_set in self.block_sets])
+        channels_per_group = self.spec.matrix_rows // (self.kernel_size[0] * self.kernel_size[1])
+        self._store("channels", [channel_index(block_set, self.spec.groups, channels_per_group, self.positive_s.device)
+                                 for block_set in self.block_sets])
+
+    def _store(self, name: str, tensors: list[torch.Tensor | None]) -> None:
+        """Keep one tensor per block set as non-persistent buffers, so that ``to()`` moves them."""
+        for index, tensor in enumerate(tensors):
+            self.register_buffer(f"_{name}_{index}", tensor, persistent=False)
+
+    def _stored(self, name: str) -> list[torch.Tensor | None]:
+        return [getattr(self, f"_{name}_{index}") for index in range(len(self.block_sets))]
 
     def set_conductances(self, positive_s, negative_s) -> None:
         """Replace the measured conductances (after a new read of the arrays) and rebuild the kernels."""
@@ -327,10 +261,10 @@ class AnalogLayer(nn.Module):
 
     # Computation.
 
-    def _convolve(self, inputs: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    def _convolve(self, inputs: torch.Tensor, kernel: torch.Tensor, block_set: BlockSet) -> torch.Tensor:
         spec = self.spec
         inputs = canonical_channels_last(inputs)
-        groups = spec.groups * len(self.blocks)
+        groups = spec.groups * len(block_set.blocks)
         if spec.kind == "linear":
             return F.conv2d(inputs, kernel, groups=groups)
         left, right, top, bottom = spec.padding_lrtb
@@ -359,85 +293,113 @@ class AnalogLayer(nn.Module):
     def _noise(self, like: torch.Tensor) -> torch.Tensor:
         return standard_normal(like.shape, self._generator_for(like), like)
 
-    def _noise_key(self, like: torch.Tensor) -> torch.Tensor:
-        """Return the key of one counter-based noise draw (compiled path), moved to ``like``'s device."""
-        return draw_key(self._generator_for(like), like.device)
+    def _noise_keys(self, like: torch.Tensor) -> torch.Tensor:
+        """Return the keys of one counter-based noise draw per block set (compiled path), on ``like``'s device."""
+        generator = self._generator_for(like)
+        return torch.stack([draw_key(generator, like.device) for _ in self.block_sets])
 
-    def _gather(self, inputs: torch.Tensor) -> torch.Tensor:
-        """Select each convolution group's input channels, in channels-last memory order.
+    @property
+    def _square_dtype(self) -> torch.dtype | None:
+        """Dtype of the squared inputs the read-noise variance needs; None without read noise."""
+        return torch.bfloat16 if self.config.read_noise > 0 else None
+
+    def _gather(self, inputs: torch.Tensor, channels: torch.Tensor | None) -> torch.Tensor:
+        """Select a block set's input channels, in channels-last memory order.
 
         Grouped convolutions run about twice as fast on channels-last tensors on CPUs. Gathering
         along the last axis of the NHWC view writes the result in that order at no extra cost.
         """
-        if self._channel_gather is None:
+        if channels is None:
             gathered = inputs.contiguous(memory_format=torch.channels_last)
         else:
-            gathered = inputs.permute(0, 2, 3, 1).index_select(3, self._channel_gather).permute(0, 3, 1, 2)
+            gathered = inputs.permute(0, 2, 3, 1).index_select(3, channels).permute(0, 3, 1, 2)
         return self._pad(gathered)
 
-    def tile_currents(self, inputs: torch.Tensor, squared: torch.Tensor | None = None,
-                      gathered: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Return the noiseless column currents of every tile and the variance of their read noise.
+    def tile_currents(self, inputs, squared=None, gathered: bool = False) -> list[SetCurrents]:
+        """Return, per block set, the noiseless column currents of every tile and the variance of their read noise.
 
-        Both have the shape ``(N, H, W, groups, blocks, parts, matrix_cols)`` and the kernel units of
-        :meth:`_units` (the variance in bfloat16, None without read noise). ``parts`` is 2 (G+ then
-        G-) when the ADC digitizes each column, else 1 (the pair current). ``squared`` is
-        ``inputs**2`` in bfloat16 where the caller has it already. ``gathered`` says that the caller
-        has already selected the groups' channels (see :meth:`_gather`) of both.
+        Currents have the shape ``(N, H, W, groups, blocks, parts, matrix_cols)`` and the kernel units
+        of :meth:`_units`. ``parts`` is 2 (G+ then G-) when the ADC digitizes each column, else 1 (the
+        pair current). ``squared`` is ``inputs**2`` in :attr:`_square_dtype` where the caller has it.
+        With ``gathered``, the caller passes lists with each set's channels already selected (see
+        :meth:`_gather`); otherwise one tensor of the layer's inputs.
         """
-        if gathered:
-            inputs = self._pad(inputs)
-            squared = None if squared is None else self._pad(squared)
-        else:
-            inputs = self._gather(inputs)
-            squared = None if squared is None else self._gather(squared)
-        currents = self._convolve(inputs, self._signal_kernel)
-        variance = None
-        if self._variance_kernel is not None:
-            squared = inputs.square().to(torch.bfloat16) if squared is None else squared
-            variance = self._convolve(squared, self._variance_kernel)
-        return self._split_outputs(currents), None if variance is None else self._split_outputs(variance)
+        results = []
+        for index, channels in enumerate(self._stored("channels")):
+            if gathered:
+                values = self._pad(inputs[index])
+                squares = None if squared is None else self._pad(squared[index])
+            else:
+                values, squares = self._gather(inputs, channels), None
+            if self._square_dtype is not None and squares is None:
+                squares = values.square().to(self._square_dtype)
+            results.append(SetCurrents(self.signal_currents(index, values), *self.noise_variance(index, squares)))
+        return results
 
-    def _split_outputs(self, outputs: torch.Tensor) -> torch.Tensor:
-        """Return convolution outputs as a contiguous ``(N, H, W, groups, blocks, parts, matrix_cols)`` tensor.
+    def signal_currents(self, index: int, values: torch.Tensor) -> torch.Tensor:
+        """Noiseless column currents of block set ``index`` for its gathered, padded inputs."""
+        block_set = self.block_sets[index]
+        return self._split_outputs(self._convolve(values, self._stored("signal")[index], block_set), block_set)
+
+    def noise_variance(self, index: int, squares: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Read-noise variance of block set ``index`` from its squared inputs, as :class:`SetCurrents` holds it."""
+        block_set = self.block_sets[index]
+        variance_kernel, power = self._stored("variance")[index], self._stored("power")[index]
+        if variance_kernel is not None:
+            return self._split_outputs(self._convolve(squares, variance_kernel, block_set), block_set), None
+        if power is not None:
+            # The fused ADC loop reads a float32 row power several times faster than a bfloat16 one.
+            row_power = self._split_outputs(self._convolve(squares, power, block_set), block_set, columns=1).float()
+            return row_power, self._stored("column_variance")[index]
+        return None, None
+
+    def _split_outputs(self, outputs: torch.Tensor, block_set: BlockSet, columns: int | None = None) -> torch.Tensor:
+        """Return convolution outputs as a contiguous ``(N, H, W, groups, blocks, parts, columns)`` tensor.
 
         The convolutions write channels-last outputs, so this is a view; the fused loops that follow
-        run fastest over contiguous memory.
+        run fastest over contiguous memory. ``columns`` 1 reads one output per block (the row power).
         """
-        parts = 2 if self.pair_columns else 1
+        parts = 2 if self.pair_columns and columns is None else 1
         batch, _, height, width = outputs.shape
         nhwc = outputs.permute(0, 2, 3, 1).contiguous()
-        return nhwc.view(batch, height, width, self.spec.groups, len(self.blocks), parts, self.spec.matrix_cols)
+        return nhwc.view(batch, height, width, self.spec.groups, len(block_set.blocks), parts, columns or self.spec.matrix_cols)
 
-    def _digitize(self, currents: torch.Tensor, variance: torch.Tensor | None, plane: bool) -> torch.Tensor:
+    def _digitize(self, sets: list[SetCurrents], plane: bool) -> torch.Tensor:
         """Add read noise, digitize, subtract pairs and sum tile partial results: ``(N, H, W, groups, cols)``.
 
-        Works in place on ``currents``. With a real ADC the values are in ADC steps and the result is
-        a sum of codes.
+        Works in place on the currents. With a real ADC the values are in ADC steps and the result
+        is a sum of codes.
         """
         adc = self.adc(plane)
-        if self.config.compile and adc.bits is not None and currents.numel() < MAX_ELEMENTS:
-            limits = torch.tensor([adc.code_min, adc.code_max], dtype=currents.dtype, device=currents.device)
-            key = None if variance is None else self._noise_key(currents)
-            summed, saturated = compiled(digitize_codes)(currents, variance, key, limits[0], limits[1])
-            self.adc_saturation.add(currents.numel(), saturated)
+        conversions = sum(entry.currents.numel() for entry in sets)
+        if self.config.compile and adc.bits is not None and max(entry.currents.numel() for entry in sets) < MAX_ELEMENTS:
+            like = sets[0].currents
+            limits = torch.tensor([adc.code_min, adc.code_max], dtype=like.dtype, device=like.device)
+            noisy = sets[0].variance is not None
+            summed, saturated = compiled(digitize_codes)([entry.currents for entry in sets], [entry.variance for entry in sets],
+                                                          [entry.column_variance for entry in sets],
+                                                          self._noise_keys(like) if noisy else None, limits[0], limits[1])
+            self.adc_saturation.add(conversions, saturated)
             return summed[..., 0, :] - summed[..., 1, :] if summed.shape[-2] == 2 else summed[..., 0, :]
 
-        noise = None if variance is None else self._noise(currents)
-        if variance is not None:
-            currents.addcmul_(variance.float().sqrt_(), noise)
+        for entry in sets:
+            if entry.variance is not None:
+                variance = entry.variance.float() if entry.column_variance is None else entry.variance * entry.column_variance
+                entry.currents.addcmul_(variance.sqrt_(), self._noise(entry.currents))
         if self.calibrating == "adc":
-            self._record("plane_adc" if plane else "adc", currents)
+            self._record("plane_adc" if plane else "adc", torch.cat([entry.currents.reshape(-1) for entry in sets]))
+        saturated = 0
         if adc.bits is not None:
-            codes = currents.round_()
-            low, high = torch.aminmax(codes)
-            if float(low) < adc.code_min or float(high) > adc.code_max:
-                saturated = torch.count_nonzero(codes < adc.code_min) + torch.count_nonzero(codes > adc.code_max)
-                self.adc_saturation.add(codes.numel(), saturated)
-                codes.clamp_(adc.code_min, adc.code_max)
-            else:
-                self.adc_saturation.add(codes.numel(), 0)
-        summed = currents.sum(dim=4)
+            for entry in sets:
+                codes = entry.currents.round_()
+                low, high = torch.aminmax(codes)
+                if float(low) < adc.code_min or float(high) > adc.code_max:
+                    saturated = saturated + torch.count_nonzero(codes < adc.code_min) + torch.count_nonzero(codes > adc.code_max)
+                    codes.clamp_(adc.code_min, adc.code_max)
+            self.adc_saturation.add(conversions, saturated)
+        summed = sets[0].currents.sum(dim=4)
+        for entry in sets[1:]:
+            summed += entry.currents.sum(dim=4)
         return summed[..., 0, :] - summed[..., 1, :] if summed.shape[-2] == 2 else summed[..., 0, :]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -455,25 +417,24 @@ class AnalogLayer(nn.Module):
         input_v, output_a = self._units()
 
         if dac.bits is None:
-            total = self._digitize(*self.tile_currents(x * volts_per_input), plane=False)
+            total = self._digitize(self.tile_currents(x * volts_per_input), plane=False)
         elif self.config.compile and not self.config.bit_serial:
             scale, code_min, code_max = torch.tensor([volts_per_input / dac.step, dac.code_min, dac.code_max], dtype=x.dtype, device=x.device)
-            codes, squared, saturated = compiled(quantize_inputs)(x, scale, code_min, code_max, self._variance_kernel is not None,
-                                                                  self._channel_gather)
+            codes, squared, saturated = compiled(quantize_inputs)(x, scale, code_min, code_max, self._square_dtype, self._stored("channels"))
             self.dac_saturation.add(x.numel(), saturated)
-            total = self._digitize(*self.tile_currents(codes, squared, gathered=True), plane=False)
+            total = self._digitize(self.tile_currents(codes, squared, gathered=True), plane=False)
         else:
             codes, saturated = dac.codes(x, volts_per_input)
             self.dac_saturation.add(codes.numel(), saturated)
             if self.config.bit_serial:
                 total = None
                 for bit, plane in enumerate(bit_planes(codes, dac.bits)):
-                    partial = self._digitize(*self.tile_currents(plane), plane=True).mul_(2**bit)
+                    partial = self._digitize(self.tile_currents(plane), plane=True).mul_(2**bit)
                     total = partial if total is None else total.add_(partial)
                 # Plane reads run at the full read voltage; a code step is dac.step volts.
                 output_a *= dac.step / self.config.read_voltage_v
             else:
-                total = self._digitize(*self.tile_currents(codes), plane=False)
+                total = self._digitize(self.tile_currents(codes), plane=False)
         return self._to_layer_units(total, batch, output_a)
 
     def _to_layer_units(self, total: torch.Tensor, batch: int, output_a: float) -> torch.Tensor:
@@ -481,9 +442,9 @@ class AnalogLayer(nn.Module):
         scale = output_a * self.weight_scale * float(self.input_range) / self.config.read_voltage_v
         output = total.reshape(batch, *total.shape[1:3], self.spec.weight_shape[0]).permute(0, 3, 1, 2)
         shape = (1, -1, *([1] * (output.dim() - 2)))
-        output = output * (self.output_gain * scale).view(shape)
-        if self.bias is not None:
-            output = output.add_(self.bias.view(shape))
+        gain = (self.output_gain * scale).view(shape)
+        # One pass: bias + output * gain.
+        output = output * gain if self.bias is None else torch.addcmul(self.bias.view(shape), output, gain)
         return output.reshape(batch, -1) if self.spec.kind == "linear" else output
 
     # Calibration.
