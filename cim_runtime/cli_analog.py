@@ -35,10 +35,11 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--adc-bits", type=bits, help="ADC resolution in bits (default: ideal ADC)")
     group.add_argument("--bit-serial", action="store_true", help="send each DAC code as one read per bit (needs --dac-bits)")
     group.add_argument("--read-noise", type=float, metavar="SIGMA",
-                       help="relative read noise per cell and MVM (default: the simulator profile's read_sigma_rel)")
+                       help="relative read noise per cell and MVM (default: the simulator profile's read_sigma_rel; "
+                            "0 with --programmed, whose saved conductances carry the noise of their read)")
     group.add_argument("--read-noise-variance", choices=READ_NOISE_VARIANCE, default="exact",
-                       help="exact: each cell's own conductance sets its noise; column-mean: each tile column's mean "
-                            "conductance does, which skips one convolution per layer (default %(default)s)")
+                       help="exact: each cell's own conductance sets its noise; column-mean: the mean squared conductance "
+                            "of each tile column does, which skips most of one convolution per layer (default %(default)s)")
     group.add_argument("--wire-resistance-ohm", type=float, default=0.0, help="resistance of each wire segment in ohms (default 0: no IR drop)")
     group.add_argument("--ir-drop", choices=IR_DROP_MODELS, default="approximate", help="IR-drop model (default %(default)s)")
     group.add_argument("--pair-subtraction", choices=PAIR_SUBTRACTION, default="analog",
@@ -113,7 +114,8 @@ def summary_lines(summary: dict) -> list[tuple[str, str]]:
     subtraction = "pairs subtracted before the ADC" if config["pair_subtraction"] == "analog" else "each column digitized"
     wires = "no IR drop" if config["wire_resistance_ohm"] == 0 else f"{config['ir_drop']} IR drop at {config['wire_resistance_ohm']:g} ohm"
     # Configs saved before the option existed lack the key; they used the exact variance.
-    noise_variance = " (column-mean variance)" if config.get("read_noise_variance") == "column-mean" else ""
+    column_mean = config.get("read_noise_variance") == "column-mean" and config["read_noise_sigma_rel"] > 0
+    noise_variance = " (column-mean variance)" if column_mean else ""
     if analog.get("conductances_from") == "saved state":
         age = "conductances from the saved state"
     else:

@@ -308,11 +308,13 @@ def test_noisy_inference_is_reproducible_for_a_seed():
     assert not torch.equal(first, other)
 
 
-def test_save_and_load_are_exact(tmp_path):
+@pytest.mark.parametrize("variance", ["exact", "column-mean"])
+def test_save_and_load_are_exact(tmp_path, variance):
     x = torch.randn(2, 3, 32, 32)
     network = torchvision.models.DenseNet(growth_rate=8, block_config=(2, 2), num_init_features=16, num_classes=10).eval()
+    config = AnalogConfig(dac_bits=8, adc_bits=8, read_noise_sigma_rel=0.01, read_noise_variance=variance, drift_compensation="column")
     analog = convert(network, window=WINDOW, tile_rows=64, tile_cols=64, array_rows=64, array_cols=64, example_input=x,
-                     config=AnalogConfig(dac_bits=8, adc_bits=8, read_noise_sigma_rel=0.01, drift_compensation="column"),
+                     config=config,
                      keep_digital=["classifier"])
     calibrate(analog, [x])
     save_analog(analog, tmp_path / "saved")

@@ -88,3 +88,9 @@ def test_column_mean_spread_is_close_to_exact(compile_, pairs):
 def test_unknown_variance_mode_is_rejected():
     with pytest.raises(ConfigError, match="read_noise_variance='cells' is invalid"):
         AnalogConfig(read_noise_variance="cells")
+
+
+def test_column_mean_without_read_noise_warns(caplog):
+    with caplog.at_level("WARNING", logger="cim_runtime.analog.convert"):
+        convert_conv(AnalogConfig(read_noise_sigma_rel=0.0, read_noise_variance="column-mean"))
+    assert "changes nothing because the read noise is 0" in caplog.text

@@ -155,6 +155,9 @@ class AnalogNetwork(nn.Module):
         self.seed(config.seed)
         for layer in self.analog_layers():
             layer.record_drift_reference()
+        if config.read_noise_variance != "exact" and config.read_noise == 0:
+            logger.warning("read_noise_variance=%r changes nothing because the read noise is 0; set read_noise_sigma_rel "
+                           "(--read-noise) above 0 to draw read noise", config.read_noise_variance)
 
     def analog_layers(self) -> list[AnalogLayer]:
         return [module for module in self.network.modules() if isinstance(module, AnalogLayer)]

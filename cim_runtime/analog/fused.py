@@ -38,7 +38,7 @@ def quantize_inputs(values: torch.Tensor, scale: torch.Tensor, code_min: torch.T
                     square: torch.dtype | None, channels: list[torch.Tensor | None]) -> tuple[list, list | None, torch.Tensor]:
     """Return the DAC codes of ``values * scale`` per block set, their squares, and the saturated count.
 
-    ``channels`` holds each set's channel gather index (None for all channels); the codes come
+    ``channels`` gives each set's channel gather index (None for all channels); the codes come
     back gathered and channels-last. ``square`` is the dtype of the squared codes, None for none.
     The saturated count covers each input once.
     """

@@ -342,13 +342,13 @@ class AnalogLayer(nn.Module):
         return self._split_outputs(self._convolve(values, self._stored("signal")[index], block_set), block_set)
 
     def noise_variance(self, index: int, squares: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """Read-noise variance of block set ``index`` from its squared inputs, as :class:`SetCurrents` holds it."""
+        """Read-noise variance of block set ``index`` from its squared inputs, in the form :class:`SetCurrents` keeps."""
         block_set = self.block_sets[index]
         variance_kernel, power = self._stored("variance")[index], self._stored("power")[index]
         if variance_kernel is not None:
             return self._split_outputs(self._convolve(squares, variance_kernel, block_set), block_set), None
         if power is not None:
-            # The fused ADC loop reads a float32 row power several times faster than a bfloat16 one.
+            # The fused ADC loop runs about 1.4 times faster on a float32 row power than on a bfloat16 one.
             row_power = self._split_outputs(self._convolve(squares, power, block_set), block_set, columns=1).float()
             return row_power, self._stored("column_variance")[index]
         return None, None
