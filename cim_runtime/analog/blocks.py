@@ -5,8 +5,8 @@ it reads the input channels its rows come from (its channel span) and produces i
 column currents, which the ADC digitizes separately. All groups of one grouped convolution must
 read the same number of channels, so a block set gathers blocks of similar span: the full-height
 blocks in one set and a shorter last block in a second one. A 64-channel 3 x 3 layer on 256-row
-tiles has blocks of 256, 256 and 64 rows; in one set all three would read 32 channels, 1.5 times
-the layer's 64, and in two sets the convolutions read 1.1 times as many.
+tiles has blocks of 256, 256 and 64 rows. In one set, all three would read 32 channels, 1.5 times
+the layer's 64. In two sets, the convolutions read 1.1 times as many.
 """
 
 from __future__ import annotations
