@@ -8,6 +8,7 @@ from torch import nn
 
 from cim_runtime.analog import AnalogConfig, AnalogLayer, calibrate, convert
 from cim_runtime.analog.blocks import block_sets
+from cim_runtime.analog.fused import full_variance
 from cim_runtime.errors import ConfigError
 from cim_runtime.mapping import ConductanceWindow
 
@@ -19,7 +20,7 @@ def test_short_block_gets_its_own_set():
     sets = block_sets([(0, 256), (256, 256), (512, 64)], per_channel=9)
     assert [block_set.indices for block_set in sets] == [(0, 1), (2,)]
     assert [block_set.firsts for block_set in sets] == [(0, 28), (56,)]
-    # 29 channels padded to 32 for the two full blocks; channels 56 to 63 for the short one.
+    # The two full blocks read 29 channels, padded to 32. The short one reads channels 56 to 63.
     assert [block_set.span for block_set in sets] == [32, 8]
 
 
@@ -48,11 +49,7 @@ def test_tiled_in_two_sets_equals_untiled():
 
 def variances(layer: AnalogLayer, x: torch.Tensor) -> torch.Tensor:
     """Read-noise variance of every tile output of ``layer``, whichever way the config computes it."""
-    parts = []
-    for entry in layer.tile_currents(x):
-        variance = entry.variance.float() if entry.column_variance is None else entry.variance * entry.column_variance
-        parts.append(variance.flatten())
-    return torch.cat(parts)
+    return torch.cat([full_variance(entry.variance, entry.column_variance).flatten() for entry in layer.tile_currents(x)])
 
 
 def test_column_mean_is_exact_on_uniform_columns():

@@ -55,6 +55,15 @@ def quantize_inputs(values: torch.Tensor, scale: torch.Tensor, code_min: torch.T
     return codes, None if square is None else squares, saturated
 
 
+def full_variance(variance: torch.Tensor, column_variance: torch.Tensor | None) -> torch.Tensor:
+    """Return the float32 read-noise variance of every tile output from a block set's stored form.
+
+    ``column_variance`` None means ``variance`` is already per output; otherwise ``variance`` is the
+    row power per block and ``column_variance`` each column's factor (the column-mean variance).
+    """
+    return variance.float() if column_variance is None else variance * column_variance
+
+
 def digitize_codes(currents: list, variances: list, column_variances: list, keys: torch.Tensor | None,
                    code_min: torch.Tensor, code_max: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Add read noise, round to codes, count and clip saturated codes, and sum the tile results.
@@ -69,8 +78,7 @@ def digitize_codes(currents: list, variances: list, column_variances: list, keys
     for index, values in enumerate(currents):
         variance = variances[index]
         if variance is not None:
-            variance = variance.float() if column_variances[index] is None else variance * column_variances[index]
-            values = values + variance.sqrt() * counter_normal(values, keys[index])
+            values = values + full_variance(variance, column_variances[index]).sqrt() * counter_normal(values, keys[index])
         values = torch.round(values)
         count = ((values < code_min) | (values > code_max)).sum()
         summed = values.clamp(code_min, code_max).sum(dim=4)

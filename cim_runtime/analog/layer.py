@@ -31,7 +31,7 @@ from cim_runtime.analog.config import AnalogConfig
 from cim_runtime.analog.converters import Quantizer, SaturationCounter, bit_planes
 from cim_runtime.analog.blocks import BlockSet, block_means, block_sets, channel_index, row_blocks, set_kernel
 from cim_runtime.analog.counter_noise import MAX_ELEMENTS, draw_key
-from cim_runtime.analog.fused import compiled, digitize_codes, quantize_inputs
+from cim_runtime.analog.fused import compiled, digitize_codes, full_variance, quantize_inputs
 from cim_runtime.analog.ir_drop import approximate_effective_conductance, check_first_order, exact_effective_conductance
 from cim_runtime.errors import ConfigError
 from cim_runtime.mapping import LayerSpec, Tile
@@ -45,10 +45,11 @@ class SetCurrents(NamedTuple):
 
     #: Noiseless column currents, ``(N, H, W, groups, blocks, parts, matrix_cols)``.
     currents: torch.Tensor
-    #: Read-noise variance of each current; or, with ``column_variance``, the row power per block
-    #: ``(N, H, W, groups, blocks, 1, 1)``; None without read noise.
+    #: Read-noise variance of each current, or the row power per block ``(N, H, W, groups, blocks, 1, 1)``
+    #: when ``column_variance`` is set. None without read noise.
     variance: torch.Tensor | None
-    #: Mean variance per cell and unit row power of each column ``(groups, blocks, parts, matrix_cols)``, or None.
+    #: Factor of the row power per column: the block's mean ``(sigma * G)**2`` in kernel units,
+    #: ``(groups, blocks, parts, matrix_cols)``. None for the exact variance.
     column_variance: torch.Tensor | None
 
 
@@ -89,6 +90,13 @@ def canonical_channels_last(values: torch.Tensor) -> torch.Tensor:
     values = values.contiguous(memory_format=torch.channels_last)
     batch, channels, height, width = values.shape
     return values.as_strided(values.shape, (channels * height * width, 1, width * channels, channels))
+
+
+def subtract_pairs(summed: torch.Tensor) -> torch.Tensor:
+    """Return ``G+ - G-`` of code sums shaped ``(..., parts, cols)``, or the single part when ``parts`` is 1."""
+    if summed.shape[-2] == 2:
+        return summed[..., 0, :] - summed[..., 1, :]
+    return summed[..., 0, :]
 
 
 class AnalogLayer(nn.Module):
@@ -383,11 +391,11 @@ class AnalogLayer(nn.Module):
                                                           [entry.column_variance for entry in sets],
                                                           self._noise_keys(like) if noisy else None, limits[0], limits[1])
             self.adc_saturation.add(conversions, saturated)
-            return summed[..., 0, :] - summed[..., 1, :] if summed.shape[-2] == 2 else summed[..., 0, :]
+            return subtract_pairs(summed)
 
         for entry in sets:
             if entry.variance is not None:
-                variance = entry.variance.float() if entry.column_variance is None else entry.variance * entry.column_variance
+                variance = full_variance(entry.variance, entry.column_variance)
                 entry.currents.addcmul_(variance.sqrt_(), self._noise(entry.currents))
         if self.calibrating == "adc":
             self._record("plane_adc" if plane else "adc", torch.cat([entry.currents.reshape(-1) for entry in sets]))
@@ -403,7 +411,7 @@ class AnalogLayer(nn.Module):
         summed = sets[0].currents.sum(dim=4)
         for entry in sets[1:]:
             summed += entry.currents.sum(dim=4)
-        return summed[..., 0, :] - summed[..., 1, :] if summed.shape[-2] == 2 else summed[..., 0, :]
+        return subtract_pairs(summed)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_calibrated()
