@@ -63,7 +63,7 @@ def add_options(parser: argparse.ArgumentParser) -> None:
 def check_numbers(args: argparse.Namespace) -> None:
     """Reject analog option values that no run can use, naming the option."""
     checks = (
-        ("--read-noise", args.read_noise, args.read_noise is None or 0 <= args.read_noise < math.inf, "a relative sigma of 0 or above"),
+        ("--read-noise", args.read_noise, args.read_noise is None or 0 <= args.read_noise < math.inf, "a finite relative sigma of 0 or above"),
         ("--wire-resistance-ohm", args.wire_resistance_ohm, 0 <= args.wire_resistance_ohm < math.inf, "a finite resistance of 0 ohm or above"),
         ("--calibration-batches", args.calibration_batches, args.calibration_batches >= 1, "at least 1"),
         ("--time-since-programming-s", args.time_since_programming_s, 0 <= args.time_since_programming_s < math.inf,

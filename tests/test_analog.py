@@ -349,7 +349,8 @@ def test_compiled_path_equals_eager():
         with torch.no_grad():
             outputs[compile_] = analog(3 * x)
         saturation[compile_] = analog.saturation()
-    assert torch.equal(outputs[True], outputs[False])
+    # The codes agree exactly; the final scaling may round once differently (a fused multiply-add).
+    assert torch.allclose(outputs[True], outputs[False], rtol=1e-6, atol=0)
     assert saturation[True] == saturation[False]
     assert saturation[True]["adc"]["saturated"] > 0
 

@@ -20,8 +20,8 @@ def test_short_block_gets_its_own_set():
     sets = block_sets([(0, 256), (256, 256), (512, 64)], per_channel=9)
     assert [block_set.indices for block_set in sets] == [(0, 1), (2,)]
     assert [block_set.firsts for block_set in sets] == [(0, 28), (56,)]
-    # The two full blocks read 29 channels, padded to 32. The short one reads channels 56 to 63.
-    assert [block_set.span for block_set in sets] == [32, 8]
+    # The two full blocks read 29 channels each. The short one reads channels 56 to 63.
+    assert [block_set.span for block_set in sets] == [29, 8]
 
 
 def test_equal_blocks_share_one_set():

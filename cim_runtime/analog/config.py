@@ -48,8 +48,9 @@ class AnalogConfig:
     #: Output correction for conductance drift, from a reference read: ``none``, ``global`` (one factor
     #: per layer) or ``column`` (one factor per output column).
     drift_compensation: str = "none"
-    #: Fuse read noise, ADC, saturation count and the sum of tile results into one loop with
-    #: ``torch.compile``. This needs a C++ compiler, and the first call compiles for tens of seconds.
+    #: Fuse the DAC into one loop, and read noise, ADC, saturation count, tile sum, pair subtraction
+    #: and scaling into another, with ``torch.compile``. This needs a C++ compiler, and the first
+    #: run compiles for a minute or two (the compiled loops are cached on disk for later runs).
     compile: bool = False
     #: Seed of the read-noise generator.
     seed: int = 0

@@ -31,7 +31,7 @@ from cim_runtime.analog.config import AnalogConfig
 from cim_runtime.analog.converters import Quantizer, SaturationCounter, bit_planes
 from cim_runtime.analog.blocks import BlockSet, block_means, block_sets, channel_index, row_blocks, set_kernel
 from cim_runtime.analog.counter_noise import MAX_ELEMENTS, draw_key
-from cim_runtime.analog.fused import compiled, digitize_codes, full_variance, quantize_inputs
+from cim_runtime.analog.fused import INLINE_NOISE, compiled, digitize_codes, full_variance, quantize_inputs, scale_outputs, subtract_pairs
 from cim_runtime.analog.ir_drop import approximate_effective_conductance, check_first_order, exact_effective_conductance
 from cim_runtime.errors import ConfigError
 from cim_runtime.mapping import LayerSpec, Tile
@@ -90,13 +90,6 @@ def canonical_channels_last(values: torch.Tensor) -> torch.Tensor:
     values = values.contiguous(memory_format=torch.channels_last)
     batch, channels, height, width = values.shape
     return values.as_strided(values.shape, (channels * height * width, 1, width * channels, channels))
-
-
-def subtract_pairs(summed: torch.Tensor) -> torch.Tensor:
-    """Return ``G+ - G-`` of code sums shaped ``(..., parts, cols)``, or the single part when ``parts`` is 1."""
-    if summed.shape[-2] == 2:
-        return summed[..., 0, :] - summed[..., 1, :]
-    return summed[..., 0, :]
 
 
 class AnalogLayer(nn.Module):
@@ -375,23 +368,25 @@ class AnalogLayer(nn.Module):
         nhwc = outputs.permute(0, 2, 3, 1).contiguous()
         return nhwc.view(batch, height, width, self.spec.groups, len(block_set.blocks), parts, columns or self.spec.matrix_cols)
 
-    def _digitize(self, sets: list[SetCurrents], plane: bool) -> torch.Tensor:
+    def _digitize(self, sets: list[SetCurrents], plane: bool, gain: torch.Tensor | None = None) -> torch.Tensor:
         """Add read noise, digitize, subtract pairs and sum tile partial results: ``(N, H, W, groups, cols)``.
 
         Works in place on the currents. With a real ADC the values are in ADC steps and the result
-        is a sum of codes.
+        is a sum of codes. With ``gain`` (one factor per output, see :meth:`_unit_gain`), the
+        result is in layer units: the sums times the gain, plus the bias.
         """
         adc = self.adc(plane)
         conversions = sum(entry.currents.numel() for entry in sets)
+        bias = None if gain is None else self._bias_matrix()
         if self.config.compile and adc.bits is not None and max(entry.currents.numel() for entry in sets) < MAX_ELEMENTS:
             like = sets[0].currents
             limits = torch.tensor([adc.code_min, adc.code_max], dtype=like.dtype, device=like.device)
             noisy = sets[0].variance is not None
-            summed, saturated = compiled(digitize_codes)([entry.currents for entry in sets], [entry.variance for entry in sets],
-                                                          [entry.column_variance for entry in sets],
-                                                          self._noise_keys(like) if noisy else None, limits[0], limits[1])
+            output, saturated = compiled(digitize_codes, INLINE_NOISE)(
+                [entry.currents for entry in sets], [entry.variance for entry in sets], [entry.column_variance for entry in sets],
+                self._noise_keys(like) if noisy else None, limits[0], limits[1], gain, bias)
             self.adc_saturation.add(conversions, saturated)
-            return subtract_pairs(summed)
+            return output
 
         for entry in sets:
             if entry.variance is not None:
@@ -411,7 +406,7 @@ class AnalogLayer(nn.Module):
         summed = sets[0].currents.sum(dim=4)
         for entry in sets[1:]:
             summed += entry.currents.sum(dim=4)
-        return subtract_pairs(summed)
+        return scale_outputs(subtract_pairs(summed), gain, bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_calibrated()
@@ -428,12 +423,12 @@ class AnalogLayer(nn.Module):
         input_v, output_a = self._units()
 
         if dac.bits is None:
-            total = self._digitize(self.tile_currents(x * volts_per_input), plane=False)
+            output = self._digitize(self.tile_currents(x * volts_per_input), plane=False, gain=self._unit_gain(output_a))
         elif self.config.compile and not self.config.bit_serial:
             scale, code_min, code_max = torch.tensor([volts_per_input / dac.step, dac.code_min, dac.code_max], dtype=x.dtype, device=x.device)
             codes, squared, saturated = compiled(quantize_inputs)(x, scale, code_min, code_max, self._square_dtype, self._stored("channels"))
             self.dac_saturation.add(x.numel(), saturated)
-            total = self._digitize(self.tile_currents(codes, squared, gathered=True), plane=False)
+            output = self._digitize(self.tile_currents(codes, squared, gathered=True), plane=False, gain=self._unit_gain(output_a))
         else:
             codes, saturated = dac.codes(x, volts_per_input)
             self.dac_saturation.add(codes.numel(), saturated)
@@ -444,18 +439,23 @@ class AnalogLayer(nn.Module):
                     total = partial if total is None else total.add_(partial)
                 # Plane reads run at the full read voltage; a code step is dac.step volts.
                 output_a *= dac.step / self.config.read_voltage_v
+                output = scale_outputs(total, self._unit_gain(output_a), self._bias_matrix())
             else:
-                total = self._digitize(self.tile_currents(codes), plane=False)
-        return self._to_layer_units(total, batch, output_a)
+                output = self._digitize(self.tile_currents(codes), plane=False, gain=self._unit_gain(output_a))
+        return self._layer_layout(output, batch)
 
-    def _to_layer_units(self, total: torch.Tensor, batch: int, output_a: float) -> torch.Tensor:
-        """Scale summed outputs (in units of ``output_a`` amperes) to layer outputs; apply drift gain and bias."""
+    def _unit_gain(self, output_a: float) -> torch.Tensor:
+        """Return the layer output per unit of summed output (``output_a`` amperes) with the drift gain, ``(groups, cols)``."""
         scale = output_a * self.weight_scale * float(self.input_range) / self.config.read_voltage_v
-        output = total.reshape(batch, *total.shape[1:3], self.spec.weight_shape[0]).permute(0, 3, 1, 2)
-        shape = (1, -1, *([1] * (output.dim() - 2)))
-        gain = (self.output_gain * scale).view(shape)
-        # One pass: bias + output * gain.
-        output = output * gain if self.bias is None else torch.addcmul(self.bias.view(shape), output, gain)
+        return (self.output_gain * scale).view(self.spec.groups, -1)
+
+    def _bias_matrix(self) -> torch.Tensor | None:
+        """Return the bias shaped ``(groups, cols)`` like the summed outputs, or None without a bias."""
+        return None if self.bias is None else self.bias.view(self.spec.groups, -1)
+
+    def _layer_layout(self, output: torch.Tensor, batch: int) -> torch.Tensor:
+        """Lay out ``(N, H, W, groups, cols)`` outputs as the layer's: NCHW (channels-last memory) or ``(N, features)``."""
+        output = output.reshape(batch, *output.shape[1:3], self.spec.weight_shape[0]).permute(0, 3, 1, 2)
         return output.reshape(batch, -1) if self.spec.kind == "linear" else output
 
     # Calibration.
