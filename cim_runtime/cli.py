@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from urllib.parse import urlencode
 
-from cim_runtime import __version__, cli_analog, cli_device, cli_program, cli_serial, cli_train, log_to_screen
+from cim_runtime import __version__, cli_analog, cli_bench, cli_device, cli_program, cli_serial, cli_train, log_to_screen
 from cim_runtime.driver import DEFAULT_BACKEND_URL, open_driver, split_backend_url
 from cim_runtime.errors import CimError, ConfigError
 from cim_runtime.pipeline import InferenceRequest, run_inference, run_programmed_inference
@@ -216,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_train.add_commands(commands, output_folder, positive_int)
     cli_program.add_command(commands, add_backend_options, output_folder, parse_tile)
     cli_serial.add_commands(commands)
+    cli_bench.add_commands(commands)
     return parser
 
 

@@ -1,4 +1,4 @@
-"""Open a backend by URL: ``sim://?profile=C4D1&seed=0`` (the default)."""
+"""Open a backend by URL: ``sim://?profile=C4D1&seed=0`` (the default), ``serial://…``, ``socket://…`` or ``visa://?bench=PATH``."""
 
 from __future__ import annotations
 
@@ -39,9 +39,15 @@ def _open_serial(url: str, options: dict[str, str]) -> ArrayDriver:
     return open_serial(url, options)
 
 
-#: URL scheme to opener. The VISA backend registers here when it exists.
+def _open_visa(url: str, options: dict[str, str]) -> ArrayDriver:
+    from cim_runtime.driver.visa import open_visa
+
+    return open_visa(url, options)
+
+
+#: URL scheme to opener.
 OPENERS: dict[str, Callable[[str, dict[str, str]], ArrayDriver]] = {
-    "sim": _open_simulator, "serial": _open_serial, "socket": _open_serial, "spy": _open_serial,
+    "sim": _open_simulator, "serial": _open_serial, "socket": _open_serial, "spy": _open_serial, "visa": _open_visa,
 }
 
 

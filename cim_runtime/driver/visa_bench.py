@@ -1,0 +1,232 @@
+"""The bench file of the VISA backend: which instruments, how the array is wired to them, and its limits.
+
+A bench file is TOML with five tables; every key is checked and unknown keys are errors::
+
+    [array]                       # the crossbar under test and the limits the backend enforces
+    rows = 8
+    cols = 8
+    conductance_min_s = 2.0e-5
+    conductance_max_s = 1.2e-4
+    read_voltage_max_v = 0.3
+    default_read_voltage_v = 0.1
+    pulse_amplitude_max_v = 3.0
+    pulse_width_min_s = 1.0e-6
+    pulse_width_max_s = 1.0e-2
+    compliance_max_a = 1.0e-3
+
+    [visa]
+    library = "@py"               # pyvisa-py; "FILE.yaml@sim" for pyvisa-sim; "" for the system VISA
+    timeout_s = 5.0               # deadline of every instrument reply
+
+    [smu]                         # forces the read voltage on one row and measures its current
+    resource = "TCPIP0::127.0.0.1::5025::SOCKET"
+    family = "keysight-b2900"
+    channel = 1
+
+    [pulse]                       # fires programming pulses into one row
+    resource = "TCPIP0::127.0.0.1::5026::SOCKET"
+    family = "keysight-33500b"
+
+    [switch]                      # routes each array line to one instrument bus
+    resource = "TCPIP0::127.0.0.1::5027::SOCKET"
+    family = "keysight-34980a"
+    slot = 1
+    first_row_line = 1            # matrix line of array row 0; rows take the lines that follow
+    first_col_line = 9            # matrix line of array column 0
+    smu_bus = 1
+    pulse_bus = 2
+    ground_bus = 3
+
+The limits in ``[array]`` are those of the device under test. They must also lie within what the
+instrument families can do (``visa_commands``), which the loader checks.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from dataclasses import MISSING, dataclass, fields
+from pathlib import Path
+
+from pyvisa.rname import InvalidResourceName, parse_resource_name
+
+from cim_runtime.driver.visa_commands import PULSE_FAMILIES, SMU_FAMILIES, SWITCH_FAMILIES, family
+from cim_runtime.errors import ConfigError, DataError
+
+
+@dataclass(frozen=True)
+class ArrayLimits:
+    """The ``[array]`` table: geometry of the array under test and the limits of every request."""
+
+    rows: int
+    cols: int
+    conductance_min_s: float
+    conductance_max_s: float
+    read_voltage_max_v: float
+    pulse_amplitude_max_v: float
+    pulse_width_min_s: float
+    pulse_width_max_s: float
+    compliance_max_a: float
+    default_read_voltage_v: float = 0.1
+
+
+@dataclass(frozen=True)
+class VisaSettings:
+    """The ``[visa]`` table."""
+
+    library: str = "@py"
+    timeout_s: float = 5.0
+
+
+@dataclass(frozen=True)
+class SmuSettings:
+    resource: str
+    family: str
+    channel: int = 1
+
+
+@dataclass(frozen=True)
+class PulseSettings:
+    resource: str
+    family: str
+
+
+@dataclass(frozen=True)
+class SwitchSettings:
+    resource: str
+    family: str
+    slot: int = 1
+    first_row_line: int = 1
+    first_col_line: int = 0
+    smu_bus: int = 1
+    pulse_bus: int = 2
+    ground_bus: int = 3
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """A whole bench file, checked."""
+
+    array: ArrayLimits
+    visa: VisaSettings
+    smu: SmuSettings
+    pulse: PulseSettings
+    switch: SwitchSettings
+    #: Where the file was read from, for messages.
+    source: str = "bench"
+
+    def __post_init__(self) -> None:
+        _check_array(self.array, self.source)
+        _check_instruments(self, self.source)
+
+
+def _table(raw: dict, name: str, kind, source: str):
+    """Build the dataclass ``kind`` from table ``name``, with unknown, missing and mistyped keys as errors."""
+    values = raw.get(name, {})
+    if not isinstance(values, dict):
+        raise ConfigError(f"[{name}] in {source} must be a table")
+    known = {item.name: item for item in fields(kind)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown key(s) {', '.join(unknown)} in [{name}] of {source}: valid keys are {', '.join(known)}")
+    for key, value in values.items():
+        wanted = known[key].type
+        if wanted == "int" and (not isinstance(value, int) or isinstance(value, bool)):
+            raise ConfigError(f"{key}={value!r} in [{name}] of {source} must be an integer")
+        if wanted == "float" and (not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value)):
+            raise ConfigError(f"{key}={value!r} in [{name}] of {source} must be a finite number")
+        if wanted == "str" and not isinstance(value, str):
+            raise ConfigError(f"{key}={value!r} in [{name}] of {source} must be a string")
+    try:
+        return kind(**values)
+    except TypeError:
+        missing = [item.name for item in fields(kind) if item.name not in values and item.default is MISSING and item.default_factory is MISSING]
+        raise ConfigError(f"[{name}] of {source} lacks {', '.join(missing)}") from None
+
+
+def _positive(source: str, **values: float) -> None:
+    for name, value in values.items():
+        if not value > 0:
+            raise ConfigError(f"{name}={value!r} in {source} is invalid: must be above 0")
+
+
+def _check_array(array: ArrayLimits, source: str) -> None:
+    _positive(source, rows=array.rows, cols=array.cols, conductance_min_s=array.conductance_min_s,
+              read_voltage_max_v=array.read_voltage_max_v, pulse_amplitude_max_v=array.pulse_amplitude_max_v,
+              pulse_width_min_s=array.pulse_width_min_s, compliance_max_a=array.compliance_max_a)
+    if not array.conductance_max_s > array.conductance_min_s:
+        raise ConfigError(f"conductance_max_s={array.conductance_max_s!r} in {source} must be above conductance_min_s={array.conductance_min_s!r}")
+    if not array.pulse_width_max_s >= array.pulse_width_min_s:
+        raise ConfigError(f"pulse_width_max_s={array.pulse_width_max_s!r} in {source} must be at least pulse_width_min_s={array.pulse_width_min_s!r}")
+    if not 0 < array.default_read_voltage_v <= array.read_voltage_max_v:
+        raise ConfigError(f"default_read_voltage_v={array.default_read_voltage_v!r} in {source} must be above 0 and at most "
+                          f"read_voltage_max_v={array.read_voltage_max_v!r}")
+
+
+def _check_instruments(bench: BenchConfig, source: str) -> None:
+    for name in ("smu", "pulse", "switch"):
+        resource = getattr(bench, name).resource
+        try:
+            parse_resource_name(resource)
+        except InvalidResourceName:
+            raise ConfigError(f"resource={resource!r} in [{name}] of {source} is not a VISA resource name: use one such as "
+                              "'TCPIP0::192.168.1.20::5025::SOCKET', 'TCPIP0::HOST::inst0::INSTR' or 'GPIB0::23::INSTR'") from None
+    smu = family(SMU_FAMILIES, bench.smu.family, "SMU")
+    pulse = family(PULSE_FAMILIES, bench.pulse.family, "pulse generator")
+    family(SWITCH_FAMILIES, bench.switch.family, "switch matrix")
+    array, switch = bench.array, bench.switch
+    _positive(source, timeout_s=bench.visa.timeout_s, channel=bench.smu.channel, slot=switch.slot)
+    for name, value, limit, instrument in (
+            ("read_voltage_max_v", array.read_voltage_max_v, smu.voltage_max_v, bench.smu.family),
+            ("compliance_max_a", array.compliance_max_a, smu.current_max_a, bench.smu.family),
+            ("pulse_amplitude_max_v", array.pulse_amplitude_max_v, pulse.amplitude_max_v, bench.pulse.family),
+            ("pulse_width_max_s", array.pulse_width_max_s, pulse.width_max_s, bench.pulse.family)):
+        if value > limit:
+            raise ConfigError(f"{name}={value!r} in {source} is beyond what a {instrument} can do ({limit:g}): lower it")
+    if array.pulse_width_min_s < pulse.width_min_s:
+        raise ConfigError(f"pulse_width_min_s={array.pulse_width_min_s!r} in {source} is below the {bench.pulse.family}'s "
+                          f"shortest pulse ({pulse.width_min_s:g} s): raise it")
+    buses = (switch.smu_bus, switch.pulse_bus, switch.ground_bus)
+    if len(set(buses)) != 3 or not all(1 <= bus <= 9 for bus in buses):
+        raise ConfigError(f"smu_bus, pulse_bus and ground_bus in {source} must be three different buses from 1 to 9, got {buses}")
+    rows = range(switch.first_row_line, switch.first_row_line + array.rows)
+    cols = range(switch.first_col_line, switch.first_col_line + array.cols)
+    for name, lines in (("rows", rows), ("columns", cols)):
+        if lines.start < 1 or lines.stop - 1 > 99:
+            raise ConfigError(f"the array's {name} would use matrix lines {lines.start} to {lines.stop - 1} in {source}: "
+                              "lines run from 1 to 99; change first_row_line or first_col_line")
+    if set(rows) & set(cols):
+        raise ConfigError(f"rows (lines {rows.start} to {rows.stop - 1}) and columns (lines {cols.start} to {cols.stop - 1}) "
+                          f"overlap on the matrix in {source}: set first_col_line to {rows.stop} or above")
+
+
+def bench_from_dict(raw: dict, source: str = "bench") -> BenchConfig:
+    """Check a parsed bench file and return it."""
+    unknown = sorted(set(raw) - {"array", "visa", "smu", "pulse", "switch"})
+    if unknown:
+        raise ConfigError(f"unknown table(s) {', '.join(unknown)} in {source}: a bench file has array, visa, smu, pulse and switch")
+    for name in ("array", "smu", "pulse", "switch"):
+        if name not in raw:
+            raise ConfigError(f"{source} lacks its [{name}] table")
+    return BenchConfig(
+        array=_table(raw, "array", ArrayLimits, source), visa=_table(raw, "visa", VisaSettings, source),
+        smu=_table(raw, "smu", SmuSettings, source), pulse=_table(raw, "pulse", PulseSettings, source),
+        switch=_table(raw, "switch", SwitchSettings, source), source=source,
+    )
+
+
+def load_bench(path: str | Path) -> BenchConfig:
+    """Read and check a bench file.
+
+    Raises:
+        DataError: the file is missing or not valid TOML.
+        ConfigError: a table or key is missing, unknown or out of range.
+    """
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read bench file {path}: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise DataError(f"bench file {path} is not valid TOML: {exc}") from exc
+    return bench_from_dict(raw, str(path))

@@ -1,0 +1,140 @@
+"""SCPI command sets of the bench instruments that the VISA backend drives, one small table per family.
+
+A bench holds three instruments: a source-measure unit (SMU) with two channels, a pulse generator
+and a switch matrix. Each family below lists the exact command strings the backend sends, with
+``str.format`` fields for the values. Adding an instrument family means adding a table here, not
+code in the driver. Numbers are written with ``{:.6g}`` so that 1e-4 s goes out as ``0.0001``.
+
+NOTE: the command strings and instrument limits follow the manufacturers' programming manuals as
+the authors know them. No real instrument has run them yet.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class SmuCommands:
+    """Commands of a two-channel SMU: one channel forces the read voltage, the other holds 0 V and measures."""
+
+    #: Text the ``*IDN?`` reply must contain.
+    identity: str
+    #: Commands sent once per channel when the bench opens (``{channel}``).
+    setup: tuple[str, ...]
+    #: Set the source voltage of a channel (``{channel}``, ``{voltage_v}``).
+    source_voltage: str
+    #: Set the current compliance of a channel (``{channel}``, ``{compliance_a}``).
+    compliance: str
+    #: Turn a channel's output on or off (``{channel}``).
+    output_on: str
+    output_off: str
+    #: Query one current measurement of a channel, in amperes (``{channel}``).
+    measure_current: str
+    #: Query whether the last measurement of a channel hit its compliance; replies 1 or 0 (``{channel}``).
+    in_compliance: str
+    #: Largest source voltage and current of the instrument, in volts and amperes.
+    voltage_max_v: float
+    current_max_a: float
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class PulseCommands:
+    """Commands of a pulse generator that fires one rectangular pulse per trigger."""
+
+    identity: str
+    #: Commands sent once when the bench opens: pulse shape, single-pulse burst, bus trigger.
+    setup: tuple[str, ...]
+    #: Set the pulse height above 0 V (``{amplitude_v}``, always positive).
+    amplitude: str
+    #: Set the pulse width (``{width_s}``).
+    width: str
+    #: Select positive (``normal``) or negative (``inverted``) pulses.
+    polarity_normal: str
+    polarity_inverted: str
+    output_on: str
+    output_off: str
+    #: Fire one pulse.
+    trigger: str
+    #: Largest pulse height, and shortest and longest pulse, of the instrument (into a high impedance).
+    amplitude_max_v: float
+    width_min_s: float
+    width_max_s: float
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class SwitchCommands:
+    """Commands of a switch matrix that connects the array's lines to instrument buses."""
+
+    identity: str
+    setup: tuple[str, ...]
+    #: Close a list of crosspoints (``{channels}``: the channel names joined by commas).
+    close: str
+    #: Open every crosspoint.
+    open_all: str
+    #: Channel name of one crosspoint (``{slot}``, ``{bus}``, ``{line}``; bus and line count from 1).
+    channel: str
+    note: str = ""
+
+
+#: Commands every SCPI instrument understands (IEEE 488.2).
+IDENTIFY = "*IDN?"
+RESET = "*RST"
+CLEAR_STATUS = "*CLS"
+WAIT_COMPLETE = "*OPC?"
+NEXT_ERROR = "SYST:ERR?"
+
+SMU_FAMILIES: dict[str, SmuCommands] = {
+    "keysight-b2900": SmuCommands(
+        identity="B29",
+        setup=(":SOUR{channel}:FUNC:MODE VOLT", ":SENS{channel}:FUNC \"CURR\"", ":SENS{channel}:CURR:NPLC 0.1"),
+        source_voltage=":SOUR{channel}:VOLT {voltage_v:.6g}",
+        compliance=":SENS{channel}:CURR:PROT {compliance_a:.6g}",
+        output_on=":OUTP{channel} ON",
+        output_off=":OUTP{channel} OFF",
+        measure_current=":MEAS:CURR? (@{channel})",
+        in_compliance=":SENS{channel}:CURR:PROT:TRIP?",
+        voltage_max_v=21.0,
+        current_max_a=1.0,
+        note="DC limits of the 21 V source range; the backend never selects a higher range",
+    ),
+}
+
+PULSE_FAMILIES: dict[str, PulseCommands] = {
+    "keysight-33500b": PulseCommands(
+        identity="335",
+        setup=("FUNC PULS", "VOLT:LOW 0", "BURS:MODE TRIG", "BURS:NCYC 1", "BURS:STAT ON", "TRIG:SOUR BUS"),
+        amplitude="VOLT:HIGH {amplitude_v:.6g}",
+        width="FUNC:PULS:WIDT {width_s:.6g}",
+        polarity_normal="OUTP:POL NORM",
+        polarity_inverted="OUTP:POL INV",
+        output_on="OUTP ON",
+        output_off="OUTP OFF",
+        trigger="*TRG",
+        amplitude_max_v=10.0,
+        width_min_s=16e-9,
+        width_max_s=1e3,
+    ),
+}
+
+SWITCH_FAMILIES: dict[str, SwitchCommands] = {
+    "keysight-34980a": SwitchCommands(
+        identity="34980A",
+        setup=(),
+        close="ROUT:CLOS (@{channels})",
+        open_all="ROUT:OPEN:ALL",
+        channel="{slot}{bus}{line:02d}",
+        note="matrix modules of up to 9 buses and 99 lines per slot",
+    ),
+}
+
+
+def family(tables: dict, name: str, kind: str):
+    """Return the command table ``name`` from ``tables``, or raise naming the known families."""
+    from cim_runtime.errors import ConfigError
+
+    if name not in tables:
+        raise ConfigError(f"{kind} family {name!r} is unknown: use one of {', '.join(sorted(tables))}")
+    return tables[name]

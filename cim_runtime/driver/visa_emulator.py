@@ -1,0 +1,298 @@
+"""SCPI emulators of a bench's SMU, pulse generator and switch matrix, on loopback TCP ports.
+
+Each instrument listens on its own port of 127.0.0.1 and speaks line-terminated SCPI, as a LAN
+instrument's raw socket does, so pyvisa-py reaches it as ``TCPIP0::127.0.0.1::PORT::SOCKET``. All
+three share one simulated array (:class:`~cim_runtime.driver.simulator.SimulatorDriver`): the switch
+matrix decides which cells the SMU's voltage and the generator's pulses reach.
+
+The command parsers here are written from the instruments' manuals, apart from the tables in
+``visa_commands``, so the tests check the tables against a second reading of the same manuals. An
+unknown command, or a value an instrument would refuse, goes to that instrument's error queue
+(``SYST:ERR?``), as on the real one. Nothing is clipped.
+
+The emulator models no sneak paths: only cells whose row is on the source bus and whose column is on
+the ground bus conduct. ``mute`` makes every instrument stop replying, for timeout tests.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import socket
+import socketserver
+import threading
+from pathlib import Path
+
+import numpy as np
+import tomli_w
+
+from cim_runtime.driver.simulator import PULSE_AMPLITUDE_MAX_V, READ_VOLTAGE_MAX_V, SimulatorDriver
+from cim_runtime.errors import CimError
+
+logger = logging.getLogger(__name__)
+
+NUMBER = r"([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)"
+#: The overflow value SCPI instruments return in place of a measurement they could not make.
+NOT_A_NUMBER = "9.91E+37"
+UNDEFINED_HEADER = (-113, "Undefined header")
+OUT_OF_RANGE = (-222, "Data out of range")
+SETTINGS_CONFLICT = (-221, "Settings conflict")
+
+#: Wiring of the emulated bench: matrix slot, first matrix line of the rows, and the bus of each role.
+SLOT, FIRST_ROW_LINE, SMU_BUS, PULSE_BUS, GROUND_BUS = 1, 1, 1, 2, 3
+#: Limits the emulated instruments share with the simulator behind them.
+PULSE_WIDTH_MIN_S, PULSE_WIDTH_MAX_S, COMPLIANCE_MAX_A = 1e-6, 1e-2, 1e-2
+
+
+class Instrument:
+    """The common part of an emulated SCPI instrument: identity, status and error queue."""
+
+    def __init__(self, bench: "BenchEmulator", identity: str):
+        self.bench = bench
+        self.identity = identity
+        self.errors: list[tuple[int, str]] = []
+        #: The command being run, for error logs.
+        self.command = ""
+        self.commands = (
+            (r"\*IDN\?", lambda: self.identity),
+            (r"\*CLS", self.errors.clear),
+            (r"\*OPC\?", lambda: "1"),
+            (r"SYST:ERR\?", self._next_error),
+        )
+
+    def fail(self, error: tuple[int, str], command: str) -> None:
+        """Queue an instrument error for ``SYST:ERR?``, as the real instrument would, and log it."""
+        logger.warning("emulated %s: error %d %s, after %r", type(self).__name__, error[0], error[1], command)
+        self.errors.append(error)
+
+    def _next_error(self) -> str:
+        code, text = self.errors.pop(0) if self.errors else (0, "No error")
+        return f"{code:+d},\"{text}\""
+
+    def handle(self, line: str) -> str | None:
+        """Run one command; return its reply, or None for a command without one."""
+        for pattern, action in self.commands:
+            match = re.fullmatch(pattern, line)
+            if match:
+                self.command = line
+                reply = action(*match.groups())
+                return None if reply is None else str(reply)
+        self.fail(UNDEFINED_HEADER, line)
+        return NOT_A_NUMBER if line.endswith("?") else None
+
+
+class Smu(Instrument):
+    """A two-channel SMU that forces a voltage and measures the current through the routed cells."""
+
+    def __init__(self, bench):
+        super().__init__(bench, "Keysight Technologies,B2902A,EMULATOR,1.0")
+        self.voltage_v = {1: 0.0, 2: 0.0}
+        self.compliance_a = {1: 1e-4, 2: 1e-4}
+        self.output = {1: False, 2: False}
+        self.tripped = {1: False, 2: False}
+        self.commands += (
+            (r":SOUR([12]):FUNC:MODE VOLT", lambda channel: None),
+            (r':SENS([12]):FUNC "CURR"', lambda channel: None),
+            (rf":SENS([12]):CURR:NPLC {NUMBER}", lambda channel, value: None),
+            (rf":SOUR([12]):VOLT {NUMBER}", self._set_voltage),
+            (rf":SENS([12]):CURR:PROT {NUMBER}", self._set_compliance),
+            (r":OUTP([12]) (ON|OFF)", lambda channel, state: self.output.__setitem__(int(channel), state == "ON")),
+            (r":MEAS:CURR\? \(@([12])\)", self._measure),
+            (r":SENS([12]):CURR:PROT:TRIP\?", lambda channel: int(self.tripped[int(channel)])),
+        )
+
+    def _set_voltage(self, channel: str, value: str) -> None:
+        if abs(float(value)) > 21.0:
+            self.fail(OUT_OF_RANGE, self.command)
+        else:
+            self.voltage_v[int(channel)] = float(value)
+
+    def _set_compliance(self, channel: str, value: str) -> None:
+        if not 1e-8 <= float(value) <= 1.0:
+            self.fail(OUT_OF_RANGE, self.command)
+        else:
+            self.compliance_a[int(channel)] = float(value)
+
+    def _measure(self, channel: str) -> str:
+        channel = int(channel)
+        if not self.output[channel]:
+            self.fail(SETTINGS_CONFLICT, self.command)
+            return NOT_A_NUMBER
+        current_a = self.bench.source_current_a(self.voltage_v[channel])
+        limit = self.compliance_a[channel]
+        self.tripped[channel] = abs(current_a) > limit
+        return f"{float(np.clip(current_a, -limit, limit)):+.9E}"
+
+
+class PulseGenerator(Instrument):
+    """A pulse generator in triggered single-pulse burst mode."""
+
+    def __init__(self, bench):
+        super().__init__(bench, "Agilent Technologies,33522B,EMULATOR,1.0")
+        self.high_v, self.low_v, self.width_s = 0.1, 0.0, 1e-4
+        self.inverted = False
+        self.output = False
+        self.armed: set[str] = set()
+        settings = ("FUNC PULS", "BURS:MODE TRIG", "BURS:NCYC 1", "BURS:STAT ON", "TRIG:SOUR BUS")
+        self.commands += tuple((re.escape(text), lambda text=text: self.armed.add(text)) for text in settings) + (
+            (rf"VOLT:HIGH {NUMBER}", lambda value: self._set("high_v", value, 0.0, 10.0)),
+            (rf"VOLT:LOW {NUMBER}", lambda value: self._set("low_v", value, -10.0, 10.0)),
+            (rf"FUNC:PULS:WIDT {NUMBER}", lambda value: self._set("width_s", value, 16e-9, 1e3)),
+            (r"OUTP:POL (NORM|INV)", lambda polarity: setattr(self, "inverted", polarity == "INV")),
+            (r"OUTP (ON|OFF)", lambda state: setattr(self, "output", state == "ON")),
+            (r"\*TRG", self._fire),
+        )
+
+    def _set(self, name: str, value: str, low: float, high: float) -> None:
+        if not low <= float(value) <= high:
+            self.fail(OUT_OF_RANGE, self.command)
+        else:
+            setattr(self, name, float(value))
+
+    def _fire(self) -> None:
+        if not self.output or len(self.armed) < 5 or self.low_v != 0.0:
+            self.fail(SETTINGS_CONFLICT, self.command)
+            return
+        self.bench.apply_pulse(-self.high_v if self.inverted else self.high_v, self.width_s)
+
+
+class SwitchMatrix(Instrument):
+    """A crosspoint matrix: channel ``SBLL`` joins bus ``B`` to line ``LL`` of the module in slot ``S``."""
+
+    def __init__(self, bench):
+        super().__init__(bench, "Agilent Technologies,34980A,EMULATOR,1.0")
+        self.closed: set[tuple[int, int]] = set()
+        self.commands += (
+            (r"ROUT:CLOS \(@(\d{4}(?:,\d{4})*)\)", self._close),
+            (r"ROUT:OPEN:ALL", self.closed.clear),
+        )
+
+    def _close(self, channels: str) -> None:
+        parsed = [(int(text[0]), int(text[1]), int(text[2:])) for text in channels.split(",")]
+        if any(slot != SLOT or not 1 <= bus <= 4 or not 1 <= line <= 99 for slot, bus, line in parsed):
+            self.fail((-224, "Illegal parameter value"), self.command)
+            return
+        self.closed.update((bus, line) for _, bus, line in parsed)
+
+
+class BenchEmulator:
+    """The three emulated instruments of one bench and the simulated array they share."""
+
+    def __init__(self, *, rows: int = 8, cols: int = 8, profile: str = "C4D1", seed: int = 0, host: str = "127.0.0.1"):
+        self.simulator = SimulatorDriver(profile, rows=rows, cols=cols, arrays=1, seed=seed)
+        self.rows, self.cols = rows, cols
+        self.first_col_line = FIRST_ROW_LINE + rows
+        self.lock = threading.Lock()
+        #: Set to make every instrument read commands and never answer.
+        self.mute = False
+        #: Every command received, as (role, command), in order.
+        self.received: list[tuple[str, str]] = []
+        self.instruments = {"smu": Smu(self), "pulse": PulseGenerator(self), "switch": SwitchMatrix(self)}
+        self._servers = {role: _serve(self, role, host) for role in self.instruments}
+
+    def resource(self, role: str) -> str:
+        host, port = self._servers[role].server_address[:2]
+        return f"TCPIP0::{host}::{port}::SOCKET"
+
+    def _lines(self, bus: int, first: int, count: int) -> np.ndarray:
+        closed = self.instruments["switch"].closed
+        return np.array([line - first for b, line in closed if b == bus and first <= line < first + count], dtype=np.int64)
+
+    def _routed_cells(self, bus: int) -> tuple[np.ndarray, np.ndarray]:
+        rows = self._lines(bus, FIRST_ROW_LINE, self.rows)
+        cols = self._lines(GROUND_BUS, self.first_col_line, self.cols)
+        grid_rows, grid_cols = np.meshgrid(rows, cols, indexing="ij")
+        return grid_rows.ravel(), grid_cols.ravel()
+
+    def source_current_a(self, voltage_v: float) -> float:
+        """Current the SMU bus sources at ``voltage_v`` into the cells routed between it and ground."""
+        rows, cols = self._routed_cells(SMU_BUS)
+        if voltage_v == 0 or rows.size == 0:
+            return 0.0
+        if abs(voltage_v) > READ_VOLTAGE_MAX_V:
+            raise CimError(f"{voltage_v} V on the array would disturb its cells")
+        return float(voltage_v * self.simulator.read(rows, cols, read_voltage_v=abs(voltage_v)).sum())
+
+    def apply_pulse(self, amplitude_v: float, width_s: float) -> None:
+        """Apply one pulse to every cell routed between the pulse bus and ground."""
+        rows, cols = self._routed_cells(PULSE_BUS)
+        if rows.size and amplitude_v != 0:
+            if abs(amplitude_v) > PULSE_AMPLITUDE_MAX_V or not PULSE_WIDTH_MIN_S <= width_s <= PULSE_WIDTH_MAX_S:
+                raise CimError(f"a {amplitude_v} V, {width_s} s pulse is beyond what the cells take")
+            self.simulator.pulse(rows, cols, amplitude_v, width_s)
+
+    def handle(self, role: str, line: str) -> str | None:
+        with self.lock:
+            self.received.append((role, line))
+            try:
+                return self.instruments[role].handle(line)
+            except CimError as exc:
+                self.instruments[role].fail((-200, f"Execution error: {exc}"), line)
+                return NOT_A_NUMBER if line.endswith("?") else None
+
+    def bench_file(self, path: str | Path, *, timeout_s: float = 5.0, library: str = "@py") -> Path:
+        """Write a bench file that points the VISA backend at these instruments; return its path."""
+        info = self.simulator.info()
+        bench = {
+            "array": {"rows": self.rows, "cols": self.cols, "conductance_min_s": info.conductance_min_s,
+                      "conductance_max_s": info.conductance_max_s, "read_voltage_max_v": READ_VOLTAGE_MAX_V,
+                      "default_read_voltage_v": info.default_read_voltage_v, "pulse_amplitude_max_v": PULSE_AMPLITUDE_MAX_V,
+                      "pulse_width_min_s": PULSE_WIDTH_MIN_S, "pulse_width_max_s": PULSE_WIDTH_MAX_S,
+                      "compliance_max_a": COMPLIANCE_MAX_A},
+            "visa": {"library": library, "timeout_s": timeout_s},
+            "smu": {"resource": self.resource("smu"), "family": "keysight-b2900", "channel": 1},
+            "pulse": {"resource": self.resource("pulse"), "family": "keysight-33500b"},
+            "switch": {"resource": self.resource("switch"), "family": "keysight-34980a", "slot": SLOT,
+                       "first_row_line": FIRST_ROW_LINE, "first_col_line": self.first_col_line,
+                       "smu_bus": SMU_BUS, "pulse_bus": PULSE_BUS, "ground_bus": GROUND_BUS},
+        }
+        path = Path(path)
+        path.write_text(tomli_w.dumps(bench), encoding="utf-8")
+        return path
+
+    def start(self) -> "BenchEmulator":
+        for server in self._servers.values():
+            thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, name=f"bench-{server.role}", daemon=True)
+            thread.start()
+        return self
+
+    def stop(self) -> None:
+        for server in self._servers.values():
+            server.shutdown()
+            server.server_close()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+
+class _Handler(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        bench, role = self.server.bench, self.server.role
+        pending = b""
+        while chunk := self.request.recv(4096):
+            # Acknowledge at once. A host that writes a command without a reply and then a query
+            # would otherwise wait for the delayed acknowledgement (40 ms on Linux) before its
+            # query leaves, because of Nagle's algorithm.
+            if hasattr(socket, "TCP_QUICKACK"):
+                self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for raw in lines:
+                line = raw.decode("ascii", errors="replace").strip()
+                reply = bench.handle(role, line) if line else None
+                if reply is not None and not bench.mute:
+                    self.request.sendall(reply.encode("ascii") + b"\n")
+
+
+class _Server(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+def _serve(bench: BenchEmulator, role: str, host: str) -> _Server:
+    server = _Server((host, 0), _Handler)
+    server.bench, server.role = bench, role
+    return server

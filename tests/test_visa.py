@@ -1,0 +1,228 @@
+"""The VISA backend through pyvisa: pyvisa-py against the SCPI bench emulator on loopback, and pyvisa-sim."""
+
+from __future__ import annotations
+
+import socket
+import time
+from importlib.resources import files
+
+import numpy as np
+import pytest
+
+from cim_runtime.cli import main
+from cim_runtime.driver import open_driver
+from cim_runtime.driver.visa import ComplianceReachedError
+from cim_runtime.driver.visa_emulator import BenchEmulator
+from cim_runtime.errors import ConfigError, DeviceReportedError, DeviceTimeoutError, LimitError, TransportError
+from cim_runtime.mapping import CellTargets
+from cim_runtime.programming import write_verify
+
+ROWS, COLS = 6, 5
+
+
+@pytest.fixture
+def bench(tmp_path):
+    with BenchEmulator(rows=ROWS, cols=COLS, seed=3) as emulator:
+        emulator.path = emulator.bench_file(tmp_path / "bench.toml", timeout_s=0.5)
+        yield emulator
+
+
+@pytest.fixture
+def driver(bench):
+    with open_driver(f"visa://?bench={bench.path}") as opened:
+        yield opened
+
+
+def grid():
+    return np.meshgrid(np.arange(ROWS), np.arange(COLS), indexing="ij")
+
+
+def test_reads_match_the_cells(bench, driver):
+    rows, cols = grid()
+    measured = driver.read(rows, cols)
+    assert measured.shape == (ROWS, COLS)
+    truth = bench.simulator.true_conductance_s(0)
+    read_sigma = bench.simulator.profile.variation.read_sigma_rel
+    assert np.all(np.abs(measured / truth - 1) < 5 * read_sigma + 1e-9)
+    # The SMU was back at 0 V and the switches open after the reads.
+    assert bench.instruments["smu"].voltage_v[1] == 0.0
+    assert not bench.instruments["switch"].closed
+
+
+def test_pulses_move_cells_each_way(bench, driver):
+    rows, cols = grid()
+    before = bench.simulator.true_conductance_s(0).copy()
+    driver.pulse(rows[:3], cols[:3], 1.5, 1e-4)
+    driver.pulse(rows[3:], cols[3:], -1.5, 1e-4)
+    after = bench.simulator.true_conductance_s(0)
+    window = driver.info().window_s
+    assert np.all(after[:3] >= before[:3])
+    assert np.all(after[3:] <= before[3:])
+    assert (after[:3] - before[:3]).mean() > 1e-3 * window
+    assert (before[3:] - after[3:]).mean() > 1e-3 * window
+
+
+def test_one_pulse_per_row_and_setting(bench, driver):
+    rows, cols = grid()
+    start = len(bench.received)
+    driver.pulse(rows, cols, np.where(cols < 2, 1.0, -1.0), 1e-4)
+    triggers = [command for role, command in bench.received[start:] if command == "*TRG"]
+    assert len(triggers) == 2 * ROWS
+
+
+def test_write_verify_programs_cells(bench, driver):
+    info = driver.info()
+    rng = np.random.default_rng(0)
+    rows, cols = (values.ravel() for values in grid())
+    targets = CellTargets(np.zeros_like(rows), rows, cols, rng.uniform(info.conductance_min_s, info.conductance_max_s, rows.size))
+    result = write_verify(driver, targets, progress=False)
+    assert result.in_tolerance.all()
+    truth = bench.simulator.true_conductance_s(0)[rows, cols]
+    margin = 5 * bench.simulator.profile.variation.read_sigma_rel * info.conductance_max_s
+    assert np.all(np.abs(truth - targets.target_s) <= result.tolerance_s + margin)
+
+
+@pytest.mark.parametrize("request_call, message", [
+    (lambda d: d.pulse([0], [0], 3.5, 1e-4), "amplitude_v=3.5"),
+    (lambda d: d.pulse([0], [0], 1.0, 1e-7), "width_s=1e-07"),
+    (lambda d: d.pulse([0], [0], 1.0, 1e-4, compliance_a=1.0), "compliance_a=1"),
+    (lambda d: d.read([0], [0], read_voltage_v=0.5), "read_voltage_v=0.5"),
+    (lambda d: d.read([ROWS], [0]), f"row={ROWS}"),
+])
+def test_limits_are_checked_before_sending(bench, driver, request_call, message):
+    sent = len(bench.received)
+    with pytest.raises(LimitError, match=message):
+        request_call(driver)
+    assert len(bench.received) == sent
+
+
+def test_repeated_cell_in_one_pulse_call_is_rejected(bench, driver):
+    sent = len(bench.received)
+    with pytest.raises(ConfigError, match="twice"):
+        driver.pulse([1, 1], [2, 2], 1.0, 1e-4)
+    assert len(bench.received) == sent
+
+
+def test_mvm_says_what_to_use_instead(driver):
+    assert "analog_mvm" not in driver.info().capabilities
+    with pytest.raises(ConfigError, match="readback mode"):
+        driver.mvm(np.zeros(ROWS))
+
+
+def test_silent_instrument_times_out(bench, driver):
+    bench.mute = True
+    started = time.monotonic()
+    with pytest.raises(DeviceTimeoutError, match=r"within 0\.5 s.*timeout_s"):
+        driver.read([0], [0])
+    assert time.monotonic() - started < 5
+
+
+def test_instrument_errors_are_raised_with_their_source(bench, driver):
+    bench.instruments["switch"].errors.append((-310, "System error"))
+    with pytest.raises(DeviceReportedError, match=r"System error \(the switch matrix at TCPIP0::127\.0\.0\.1"):
+        driver.read([0], [0])
+
+
+def test_compliance_is_reported(bench, tmp_path):
+    # The cells conduct above 1 mS, so at 0.1 V they pass more than 0.1 mA.
+    path = tmp_path / "low.toml"
+    path.write_text(bench.path.read_text().replace("compliance_max_a = 0.01", "compliance_max_a = 0.0001"))
+    with open_driver(f"visa://?bench={path}") as driver:
+        with pytest.raises(ComplianceReachedError, match="row 0, column 0 at 0.1 V reached the compliance of 0.0001 A"):
+            driver.read([0], [0])
+
+
+def test_close_leaves_the_bench_safe(bench):
+    driver = open_driver(f"visa://?bench={bench.path}")
+    driver.pulse([0], [0], 1.0, 1e-4)
+    driver.close()
+    driver.close()
+    assert not bench.instruments["smu"].output[1]
+    assert not bench.instruments["pulse"].output
+    assert not bench.instruments["switch"].closed
+    with pytest.raises(ConfigError, match="closed"):
+        driver.read([0], [0])
+
+
+def test_instrument_opened_twice_rejected(bench, driver):
+    with pytest.raises(ConfigError, match="already open"):
+        open_driver(f"visa://?bench={bench.path}")
+
+
+def test_wrong_instrument_is_named(bench, tmp_path):
+    smu, switch = bench.resource("smu"), bench.resource("switch")
+    text = bench.path.read_text().replace(smu, "SWAP").replace(switch, smu).replace("SWAP", switch)
+    path = tmp_path / "wrong.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match="identifies as .*34980A.*not a keysight-b2900"):
+        open_driver(f"visa://?bench={path}")
+
+
+def test_unreachable_instrument(bench, tmp_path):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    path = tmp_path / "gone.toml"
+    path.write_text(bench.path.read_text().replace(bench.resource("pulse"), f"TCPIP0::127.0.0.1::{port}::SOCKET"))
+    with pytest.raises(TransportError, match="pulse generator"):
+        open_driver(f"visa://?bench={path}")
+
+
+def test_pyvisa_sim_bench(tmp_path):
+    """Every command the backend sends is one the pyvisa-sim instruments know, with values in their ranges."""
+    library = files("cim_runtime.driver").joinpath("visa_sim.yaml")
+    path = tmp_path / "sim.toml"
+    path.write_text(SIM_BENCH.format(library=f"{library}@sim"))
+    with open_driver(f"visa://?bench={path}") as driver:
+        assert "PYVISA-SIM" in driver.info().identity
+        # The simulated SMU always measures 10 uA.
+        np.testing.assert_allclose(driver.read([0, 3], [1, 2], read_voltage_v=0.2), [5e-5, 5e-5])
+        driver.pulse([0, 1, 1], [0, 0, 3], [2.0, -2.0, -2.0], [1e-6, 1e-4, 1e-4])
+
+
+def test_cli_info_and_emulator_arguments(bench, capsys):
+    assert main(["info", "--backend", f"visa://?bench={bench.path}"]) == 0
+    assert "34980A" in capsys.readouterr().out
+    assert main(["emulate-bench", "--rows", "60", "--cols", "60"]) == 2
+    assert "together at most 99" in capsys.readouterr().err
+
+
+SIM_BENCH = """
+[array]
+rows = 4
+cols = 4
+conductance_min_s = 2.0e-5
+conductance_max_s = 1.2e-4
+read_voltage_max_v = 0.3
+pulse_amplitude_max_v = 3.0
+pulse_width_min_s = 1.0e-6
+pulse_width_max_s = 1.0e-2
+compliance_max_a = 1.0e-3
+
+[visa]
+library = "{library}"
+timeout_s = 1.0
+
+[smu]
+resource = "TCPIP0::127.0.0.1::5025::SOCKET"
+family = "keysight-b2900"
+
+[pulse]
+resource = "TCPIP0::127.0.0.1::5026::SOCKET"
+family = "keysight-33500b"
+
+[switch]
+resource = "TCPIP0::127.0.0.1::5027::SOCKET"
+family = "keysight-34980a"
+first_row_line = 1
+first_col_line = 5
+"""
+
+
+def test_characterization_runs_through_the_bench(bench, tmp_path):
+    output = tmp_path / "characterize"
+    arguments = ["characterize", "--backend", f"visa://?bench={bench.path}", "--routines", "pulse-train,read-noise",
+                 "--cells", "4", "--pulses", "8", "--cycles", "1", "--output", str(output), "--no-progress"]
+    assert main(arguments) == 0
+    assert (output / "pulse_train.csv").stat().st_size > 0
+    assert (output / "read_noise.png").exists()
