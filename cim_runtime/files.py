@@ -1,4 +1,4 @@
-"""Write files so that a reader never sees half of one: through a temporary file, then a rename."""
+"""Read TOML files with clear errors, and write files so that a reader never sees half of one (through a temporary file, then a rename)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,24 @@ import csv
 import json
 import os
 import tempfile
+import tomllib
 from pathlib import Path
+
+from cim_runtime.errors import DataError
+
+
+def read_toml(path: Path, kind: str) -> dict:
+    """Parse the TOML file at ``path``; ``kind`` names the file in errors ("device file").
+
+    Raises:
+        DataError: the file is missing, unreadable or not valid TOML.
+    """
+    try:
+        return tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read {kind} {path}: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise DataError(f"{kind} {path} is not valid TOML: {exc}") from exc
 
 
 def _default_file_mode() -> int:

@@ -8,7 +8,6 @@ values out of range raise :class:`~cim_runtime.errors.ConfigError`.
 from __future__ import annotations
 
 import math
-import tomllib
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
@@ -16,7 +15,8 @@ import numpy as np
 import tomli_w
 
 from cim_runtime.device.response import ExponentialResponse, ResponseCurve, SoftBoundsResponse, TableResponse
-from cim_runtime.errors import ConfigError, DataError
+from cim_runtime.errors import ConfigError
+from cim_runtime.files import read_toml
 
 RESPONSE_KINDS = ("table", "exponential", "soft-bounds", "linear-step")
 _CURVE_FIELDS = ("potentiation_s", "depression_s")
@@ -297,14 +297,7 @@ def load_device_config(path: Path) -> DeviceConfig:
         DataError: the file is missing or not valid TOML.
         ConfigError: a key is unknown or a value is out of range.
     """
-    path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"cannot read device file {path}: {exc}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise DataError(f"device file {path} is not valid TOML: {exc}") from exc
-    return device_config_from_dict(raw, str(path))
+    return device_config_from_dict(read_toml(path, "device file"), str(path))
 
 
 def save_device_config(config: DeviceConfig, path: Path) -> None:

@@ -44,14 +44,14 @@ instrument families can do (``visa_commands``), which the loader checks.
 from __future__ import annotations
 
 import math
-import tomllib
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 
 from pyvisa.rname import InvalidResourceName, parse_resource_name
 
 from cim_runtime.driver.visa_commands import PULSE_FAMILIES, SMU_FAMILIES, SWITCH_FAMILIES, family
-from cim_runtime.errors import ConfigError, DataError
+from cim_runtime.errors import ConfigError
+from cim_runtime.files import read_toml
 
 
 @dataclass(frozen=True)
@@ -222,11 +222,4 @@ def load_bench(path: str | Path) -> BenchConfig:
         DataError: the file is missing or not valid TOML.
         ConfigError: a table or key is missing, unknown or out of range.
     """
-    path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"cannot read bench file {path}: {exc}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise DataError(f"bench file {path} is not valid TOML: {exc}") from exc
-    return bench_from_dict(raw, str(path))
+    return bench_from_dict(read_toml(path, "bench file"), str(path))
