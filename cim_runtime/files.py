@@ -13,7 +13,7 @@ from cim_runtime.errors import DataError
 
 
 def read_toml(path: Path, kind: str) -> dict:
-    """Parse the TOML file at ``path``; ``kind`` names the file in errors ("device file").
+    """Parse the TOML file at ``path``. ``kind`` names the file in error messages, such as "device file".
 
     Raises:
         DataError: the file is missing, unreadable or not valid TOML.
