@@ -6,6 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
+from cim_runtime.driver.visa_bench import TIMEOUT_RANGE_S
 from cim_runtime.errors import ConfigError
 
 #: Largest array the emulated switch matrix can wire: rows and columns share its 99 lines.
@@ -18,18 +19,22 @@ def command_emulate_bench(args: argparse.Namespace) -> int:
     if args.rows < 1 or args.cols < 1 or args.rows + args.cols > MAX_LINES:
         raise ConfigError(f"--rows {args.rows} --cols {args.cols} is invalid: both at least 1, and together at most "
                           f"{MAX_LINES}, the lines of one switch matrix module")
-    if not args.timeout_s > 0:
-        raise ConfigError(f"--timeout-s {args.timeout_s} is invalid: must be above 0 seconds")
+    low, high = TIMEOUT_RANGE_S
+    if not low <= args.timeout_s <= high:
+        raise ConfigError(f"--timeout-s {args.timeout_s} is invalid: must be between {low:g} and {high:g} seconds")
+    if Path(args.bench_file).is_dir():
+        raise ConfigError(f"--bench-file {args.bench_file} is a folder: name a file, such as {Path(args.bench_file) / 'bench.toml'}")
     if not Path(args.bench_file).parent.is_dir():
         raise ConfigError(f"--bench-file {args.bench_file} is invalid: its folder {Path(args.bench_file).parent} does not exist")
     with BenchEmulator(rows=args.rows, cols=args.cols, profile=args.device_profile, seed=args.seed) as bench:
         path = bench.bench_file(args.bench_file, timeout_s=args.timeout_s)
-        print(f"bench emulator ready: use --backend 'visa://?bench={path}'", flush=True)
+        print(f"bench emulator ready: use --backend 'visa://?bench={path}' (stop it with Ctrl-C, or kill it when it runs "
+              "in the background)", flush=True)
         try:
             while True:
                 time.sleep(3600)
         except KeyboardInterrupt:
-            print(f"bench emulator stopped after {len(bench.received):,} commands")
+            print(f"bench emulator stopped after {bench.command_count:,} commands")
     return 0
 
 

@@ -64,9 +64,10 @@ def test_pulses_move_cells_each_way(bench, driver):
 
 def test_one_pulse_per_row_and_setting(bench, driver):
     rows, cols = grid()
-    start = len(bench.received)
+    start = bench.command_count
     driver.pulse(rows, cols, np.where(cols < 2, 1.0, -1.0), 1e-4)
-    triggers = [command for role, command in bench.received[start:] if command == "*TRG"]
+    recent = list(bench.received)[start - bench.command_count:]
+    triggers = [command for role, command in recent if command == "*TRG"]
     assert len(triggers) == 2 * ROWS
 
 
@@ -85,22 +86,28 @@ def test_write_verify_programs_cells(bench, driver):
 @pytest.mark.parametrize("request_call, message", [
     (lambda d: d.pulse([0], [0], 3.5, 1e-4), "amplitude_v=3.5"),
     (lambda d: d.pulse([0], [0], 1.0, 1e-7), "width_s=1e-07"),
-    (lambda d: d.pulse([0], [0], 1.0, 1e-4, compliance_a=1.0), "compliance_a=1"),
     (lambda d: d.read([0], [0], read_voltage_v=0.5), "read_voltage_v=0.5"),
     (lambda d: d.read([ROWS], [0]), f"row={ROWS}"),
 ])
 def test_limits_are_checked_before_sending(bench, driver, request_call, message):
-    sent = len(bench.received)
+    sent = bench.command_count
     with pytest.raises(LimitError, match=message):
         request_call(driver)
-    assert len(bench.received) == sent
+    assert bench.command_count == sent
+
+
+def test_pulse_compliance_rejected(bench, driver):
+    sent = bench.command_count
+    with pytest.raises(ConfigError, match="compliance_a=0.001 cannot be applied"):
+        driver.pulse([0], [0], 1.0, 1e-4, compliance_a=1e-3)
+    assert bench.command_count == sent
 
 
 def test_repeated_cell_in_one_pulse_call_is_rejected(bench, driver):
-    sent = len(bench.received)
+    sent = bench.command_count
     with pytest.raises(ConfigError, match="twice"):
         driver.pulse([1, 1], [2, 2], 1.0, 1e-4)
-    assert len(bench.received) == sent
+    assert bench.command_count == sent
 
 
 def test_mvm_says_what_to_use_instead(driver):
@@ -110,11 +117,47 @@ def test_mvm_says_what_to_use_instead(driver):
 
 
 def test_silent_instrument_times_out(bench, driver):
-    bench.mute = True
+    bench.muted = {"smu", "pulse", "switch"}
     started = time.monotonic()
     with pytest.raises(DeviceTimeoutError, match=r"within 0\.5 s.*timeout_s"):
         driver.read([0], [0])
     assert time.monotonic() - started < 5
+
+
+def test_timeout_leaves_bench_safe_and_closes(bench, driver):
+    # The SMU stops replying while it forces the read voltage.
+    bench.muted = {"smu"}
+    with pytest.raises(DeviceTimeoutError, match="closed itself"):
+        driver.read([0], [0])
+    assert driver.closed
+    assert bench.instruments["smu"].voltage_v[1] == 0.0
+    assert not bench.instruments["smu"].output[1]
+    assert not bench.instruments["switch"].closed
+    bench.muted = set()
+    with open_driver(f"visa://?bench={bench.path}") as again:
+        assert again.read([0], [0]).shape == (1,)
+
+
+def test_refused_pulse_setting_fires_nothing(bench, driver):
+    def triggers():
+        return sum(1 for _, command in bench.received if command == "*TRG")
+
+    before = triggers()
+    bench.instruments["pulse"].errors.append((-222, "Data out of range"))
+    with pytest.raises(DeviceReportedError, match="Data out of range"):
+        driver.pulse([0], [0], 1.25, 1e-4)
+    assert triggers() == before
+    # The setting is sent again on the next call, and the pulse goes out.
+    driver.pulse([0], [0], 1.25, 1e-4)
+    assert triggers() == before + 1
+    assert bench.instruments["pulse"].high_v == 1.25
+
+
+def test_negative_pulse_rests_at_zero(bench, driver):
+    driver.pulse([0], [0], -1.5, 2e-4)
+    generator = bench.instruments["pulse"]
+    assert (generator.high_v, generator.low_v, generator.inverted) == (0.0, -1.5, True)
+    assert generator.period_s > generator.width_s == 2e-4
 
 
 def test_instrument_errors_are_raised_with_their_source(bench, driver):
@@ -147,6 +190,27 @@ def test_close_leaves_the_bench_safe(bench):
 def test_instrument_opened_twice_rejected(bench, driver):
     with pytest.raises(ConfigError, match="already open"):
         open_driver(f"visa://?bench={bench.path}")
+    # Another spelling of the same resource is the same instrument.
+    path = bench.path.with_name("spelled.toml")
+    path.write_text(bench.path.read_text().replace("TCPIP0::", "TCPIP::"))
+    with pytest.raises(ConfigError, match="already open"):
+        open_driver(f"visa://?bench={path}")
+
+
+def test_instrument_busy_with_another_client(bench):
+    host, port = bench.resource("smu").split("::")[1:3]
+    with socket.create_connection((host, int(port))):
+        time.sleep(0.1)
+        with pytest.raises(TransportError, match="SMU"):
+            open_driver(f"visa://?bench={bench.path}")
+
+
+def test_miswired_bench_warns_of_open_circuit(bench, tmp_path, caplog):
+    path = tmp_path / "miswired.toml"
+    path.write_text(bench.path.read_text().replace(f"first_col_line = {ROWS + 1}", f"first_col_line = {ROWS + 20}"))
+    with open_driver(f"visa://?bench={path}") as driver:
+        assert np.all(driver.read([0, 1], [0, 1]) == 0)
+    assert "like an open circuit" in caplog.text
 
 
 def test_wrong_instrument_is_named(bench, tmp_path):
@@ -180,11 +244,25 @@ def test_pyvisa_sim_bench(tmp_path):
         driver.pulse([0, 1, 1], [0, 0, 3], [2.0, -2.0, -2.0], [1e-6, 1e-4, 1e-4])
 
 
-def test_cli_info_and_emulator_arguments(bench, capsys):
+def test_pyvisa_sim_file_beside_bench(tmp_path):
+    library = files("cim_runtime.driver").joinpath("visa_sim.yaml")
+    (tmp_path / "instruments.yaml").write_text(library.read_text())
+    path = tmp_path / "sim.toml"
+    path.write_text(SIM_BENCH.format(library="instruments.yaml@sim"))
+    with open_driver(f"visa://?bench={path}") as driver:
+        assert "PYVISA-SIM" in driver.info().identity
+
+
+def test_cli_info_and_emulator_arguments(bench, capsys, tmp_path):
     assert main(["info", "--backend", f"visa://?bench={bench.path}"]) == 0
     assert "34980A" in capsys.readouterr().out
-    assert main(["emulate-bench", "--rows", "60", "--cols", "60"]) == 2
-    assert "together at most 99" in capsys.readouterr().err
+    for arguments, message in ((["--rows", "60", "--cols", "60"], "together at most 99"),
+                               (["--timeout-s", "inf"], "--timeout-s inf is invalid"),
+                               (["--bench-file", str(tmp_path)], "is a folder")):
+        assert main(["emulate-bench", *arguments]) == 2
+        assert message in capsys.readouterr().err
+    assert main(["info", "--backend", f"visa://host/x?bench={bench.path}"]) == 2
+    assert "as an option only" in capsys.readouterr().err
 
 
 SIM_BENCH = """

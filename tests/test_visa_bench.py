@@ -46,6 +46,13 @@ def test_good_bench_has_defaults():
     (changed("switch", first_col_line=3), "overlap .* set first_col_line to 5"),
     (changed("switch", first_col_line=98), "lines 98 to 101"),
     (changed("switch", ground_bus=1), "three different buses"),
+    (changed("switch", ground_bus=5), "three different buses from 1 to 4"),
+    (changed("switch", slot=9), "slot=9 .* slots 1 to 8"),
+    (changed("smu", channel=3), "channel=3 .* channels 1 to 2"),
+    (changed("pulse", resource="TCPIP::127.0.0.1::5025::SOCKET"), "\\[smu\\] and \\[pulse\\] .* name the same resource"),
+    (good() | {"visa": {"timeout_s": 1e30}}, "timeout_s=1e\\+30 .* between 0.001 and 3600"),
+    (good() | {"visa": {"timeout_s": 1e-4}}, "timeout_s=0.0001"),
+    ({**good(), "switch": {"resource": "TCPIP0::127.0.0.1::5027::SOCKET", "family": "keysight-34980a"}}, "lacks first_col_line"),
     (changed("switch", resource="matrix"), "resource='matrix' in \\[switch\\] of bench is not a VISA resource name"),
     ({**good(), "extra": {}}, "unknown table\\(s\\) extra"),
     ({key: value for key, value in good().items() if key != "pulse"}, "lacks its \\[pulse\\] table"),
@@ -72,3 +79,8 @@ def test_missing_and_broken_files(tmp_path):
 def test_bad_urls(url, message):
     with pytest.raises(ConfigError, match=message):
         open_driver(url)
+
+
+def test_reads_beyond_compliance_warn(caplog):
+    bench_from_dict(changed("array", compliance_max_a=1e-6))
+    assert "above compliance_max_a" in caplog.text

@@ -1,27 +1,30 @@
 """VISA backend: a crossbar on a probe station, wired through a switch matrix to an SMU and a pulse generator.
 
 URL grammar: ``visa://?bench=PATH`` names a bench file (:mod:`cim_runtime.driver.visa_bench`) that
-lists the instruments, their command families and the array's wiring and limits.
+lists the instruments, their command families and the array's wiring and limits. Write a ``+`` in
+the path as ``%2B``, because a URL query reads ``+`` as a space.
 
 How each operation runs, one cell or one row at a time:
 
 * **read**: with the SMU at 0 V, the switch connects the cell's row to the SMU bus and its column to
-  the ground bus; the SMU then forces the read voltage, measures the current and returns to 0 V.
+  the ground bus. The SMU then forces the read voltage, measures the current and returns to 0 V.
   The conductance is current over voltage. A reading at the compliance current is an error.
-* **pulse**: cells on one row that get the same amplitude and width share one pulse: the row goes
-  to the pulse bus and their columns to the ground bus, and the generator fires once. A negative
-  amplitude inverts the pulse.
+* **pulse**: cells on one row that get the same amplitude and width share one pulse. With every
+  crosspoint open, the generator takes the pulse's levels and width. Then the row goes to the pulse
+  bus and the cells' columns to the ground bus, and the generator fires once.
 * **mvm**: not offered. One SMU channel forces one voltage, so a bench cannot apply a vector of
   read voltages; use readback mode or a backend with the ``analog_mvm`` capability.
 
 Every request is checked against the bench file's limits before any command goes out. Each batch
-of operations ends with a read of every instrument's error queue.
+of operations ends with a read of every instrument's error queue. When an instrument stops
+answering or the link fails, the driver sets the bench safe as far as it can and closes itself.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -29,12 +32,16 @@ from cim_runtime.driver.base import ArrayDriver, ArrayInfo
 from cim_runtime.driver.visa_bench import BenchConfig, load_bench
 from cim_runtime.driver.visa_commands import PULSE_FAMILIES, SMU_FAMILIES, SWITCH_FAMILIES, WAIT_COMPLETE
 from cim_runtime.driver.visa_session import InstrumentSession, open_manager
-from cim_runtime.errors import CimError, ConfigError
+from cim_runtime.errors import CimError, ConfigError, ProtocolError, TransportError
 
 logger = logging.getLogger(__name__)
 
 #: Share of the compliance current at which the SMU is asked whether it was limiting.
 COMPLIANCE_SHARE = 0.999
+#: Share of conductance_min_s below which a whole batch of reads looks like an open circuit.
+OPEN_CIRCUIT_SHARE = 0.01
+#: Pulse period as a multiple of the width, so that the single pulse of a burst fits in its period.
+PERIOD_PER_WIDTH = 2.0
 
 
 class ComplianceReachedError(CimError):
@@ -51,7 +58,8 @@ class VisaDriver(ArrayDriver):
         self._pulse_commands = PULSE_FAMILIES[bench.pulse.family]
         self._switch_commands = SWITCH_FAMILIES[bench.switch.family]
         self._sessions: list[InstrumentSession] = []
-        self._pulse_setting: tuple | None = None
+        #: (amplitude_v, width_s) the generator holds, or None where unknown.
+        self._pulse_setting: tuple[float, float] | None = None
         manager = open_manager(bench.visa.library)
         try:
             self._smu = self._open(manager, bench.smu.resource, "SMU")
@@ -82,23 +90,35 @@ class VisaDriver(ArrayDriver):
     def info(self) -> ArrayInfo:
         return self._info
 
+    def _where(self) -> str:
+        return f"bench file {self.bench.source}"
+
+    def pulse(self, rows, cols, amplitude_v, width_s, *, array=0, compliance_a: float | None = None) -> None:
+        """Apply one pulse to each addressed cell (see :meth:`ArrayDriver.pulse`); ``compliance_a`` is not supported."""
+        if compliance_a is not None:
+            raise ConfigError(f"compliance_a={compliance_a:g} cannot be applied: the bench's pulse generator has no current "
+                              "limit, so leave compliance_a out and limit the current in the circuit (with a series resistor, for example)")
+        super().pulse(rows, cols, amplitude_v, width_s, array=array)
+
     # Instrument set-up and routing.
 
     def _configure(self) -> None:
-        """Put every instrument into the state the operations expect: SMU at 0 V with output on, pulses armed, switches open."""
+        """Open every crosspoint, then set the SMU to 0 V with its output on and arm the pulse generator.
+
+        Each command is followed by a read of its instrument's error queue, so that an error names it.
+        """
+        for command in self._switch_commands.setup + (self._switch_commands.open_all,):
+            self._switch.write_checked(command)
         smu, channel = self._smu_commands, self.bench.smu.channel
-        for command in smu.setup:
-            self._smu.write(command.format(channel=channel))
-        self._smu.write(smu.compliance.format(channel=channel, compliance_a=self.bench.array.compliance_max_a))
-        self._smu.write(smu.source_voltage.format(channel=channel, voltage_v=0.0))
-        self._smu.write(smu.output_on.format(channel=channel))
+        commands = [command.format(channel=channel) for command in smu.setup]
+        commands += [smu.compliance.format(channel=channel, compliance_a=self.bench.array.compliance_max_a),
+                     smu.source_voltage.format(channel=channel, voltage_v=0.0), smu.output_on.format(channel=channel)]
+        for command in commands:
+            self._smu.write_checked(command)
         for command in self._pulse_commands.setup:
-            self._pulser.write(command)
-        self._pulser.write(self._pulse_commands.output_on)
-        for command in self._switch_commands.setup:
-            self._switch.write(command)
-        self._switch.write(self._switch_commands.open_all)
-        self._raise_queued_errors()
+            self._pulser.write_checked(command)
+        self._set_pulse(self.bench.array.pulse_amplitude_max_v / 2, self.bench.array.pulse_width_min_s)
+        self._pulser.write_checked(self._pulse_commands.output_on)
 
     def _raise_queued_errors(self) -> None:
         for session in self._sessions:
@@ -106,6 +126,11 @@ class VisaDriver(ArrayDriver):
 
     def _channel(self, bus: int, line: int) -> str:
         return self._switch_commands.channel.format(slot=self.bench.switch.slot, bus=bus, line=line)
+
+    def _open_switches(self) -> None:
+        """Open every crosspoint and wait until the relays have moved."""
+        self._switch.write(self._switch_commands.open_all)
+        self._switch.query(WAIT_COMPLETE)
 
     def _route(self, bus_rows: int, rows, cols) -> None:
         """Connect ``rows`` to bus ``bus_rows`` and ``cols`` to the ground bus, every other line open; wait for the relays."""
@@ -119,11 +144,19 @@ class VisaDriver(ArrayDriver):
     # Operations.
 
     def _read(self, array, rows, cols, read_voltage_v):
+        conductance_s = self._guarded(self._read_cells, rows, cols, read_voltage_v)
+        if conductance_s.size and np.all(np.abs(conductance_s) < OPEN_CIRCUIT_SHARE * self._info.conductance_min_s):
+            logger.warning("all %d cells read below %g S, like an open circuit: check the wiring in %s (first_row_line, "
+                           "first_col_line and the buses)", conductance_s.size, OPEN_CIRCUIT_SHARE * self._info.conductance_min_s,
+                           self.bench.source)
+        return conductance_s
+
+    def _read_cells(self, rows, cols, read_voltage_v) -> np.ndarray:
         smu, channel = self._smu_commands, self.bench.smu.channel
         compliance_a = self.bench.array.compliance_max_a
         conductance_s = np.empty(rows.shape, dtype=np.float64)
-        # NOTE: one cell per measurement, with the SMU at 0 V while the relays move.
         for index, (row, col) in enumerate(zip(rows.ravel(), cols.ravel())):
+            # NOTE: one cell per measurement, with the SMU at 0 V while the relays move.
             self._route(self.bench.switch.smu_bus, [row], [col])
             self._smu.write(smu.source_voltage.format(channel=channel, voltage_v=read_voltage_v))
             current_a = self._smu.query_float(smu.measure_current.format(channel=channel))
@@ -131,7 +164,7 @@ class VisaDriver(ArrayDriver):
             if abs(current_a) >= COMPLIANCE_SHARE * compliance_a and self._smu.query_float(smu.in_compliance.format(channel=channel)):
                 raise ComplianceReachedError(
                     f"reading row {row}, column {col} at {read_voltage_v:g} V reached the compliance of {compliance_a:g} A: "
-                    "the cell conducts more than the bench file's compliance_max_a allows; read at a lower voltage")
+                    "the cell conducts more than the bench file's compliance_max_a allows, so read at a lower voltage")
             conductance_s.flat[index] = current_a / read_voltage_v
         self._switch.write(self._switch_commands.open_all)
         self._raise_queued_errors()
@@ -144,8 +177,13 @@ class VisaDriver(ArrayDriver):
         groups: dict[tuple, list[int]] = defaultdict(list)
         for row, col, amplitude, width in zip(rows.ravel(), cols.ravel(), amplitude_v.ravel(), width_s.ravel()):
             groups[(int(row), float(amplitude), float(width))].append(int(col))
+        self._guarded(self._pulse_groups, groups)
+
+    def _pulse_groups(self, groups: dict[tuple, list[int]]) -> None:
         for (row, amplitude, width), group_cols in groups.items():
-            self._set_pulse(amplitude, width)
+            if self._pulse_setting != (amplitude, width):
+                self._open_switches()
+                self._set_pulse(amplitude, width)
             self._route(self.bench.switch.pulse_bus, [row], group_cols)
             self._pulser.write(self._pulse_commands.trigger)
             self._pulser.query(WAIT_COMPLETE)
@@ -153,15 +191,39 @@ class VisaDriver(ArrayDriver):
         self._raise_queued_errors()
 
     def _set_pulse(self, amplitude_v: float, width_s: float) -> None:
-        """Send the pulse height, polarity and width, skipping what the generator already holds."""
+        """Set the levels, polarity, width and period of the next pulse, and check that the generator took them.
+
+        The high level stays above the low level and the width below the period at every step. So
+        the levels go out in an order set by the sign, and the period is first made long enough for
+        any width.
+        """
         commands = self._pulse_commands
-        if self._pulse_setting == (amplitude_v, width_s):
-            return
-        polarity = commands.polarity_normal if amplitude_v > 0 else commands.polarity_inverted
-        self._pulser.write(commands.amplitude.format(amplitude_v=abs(amplitude_v)))
-        self._pulser.write(commands.width.format(width_s=width_s))
-        self._pulser.write(polarity)
+        self._pulse_setting = None
+        if amplitude_v > 0:
+            levels = [commands.high.format(voltage_v=amplitude_v), commands.low.format(voltage_v=0.0), commands.polarity_normal]
+        else:
+            levels = [commands.low.format(voltage_v=amplitude_v), commands.high.format(voltage_v=0.0), commands.polarity_inverted]
+        longest_period_s = PERIOD_PER_WIDTH * self.bench.array.pulse_width_max_s
+        timing = [commands.period.format(period_s=longest_period_s), commands.width.format(width_s=width_s),
+                  commands.period.format(period_s=PERIOD_PER_WIDTH * width_s)]
+        for command in levels + timing:
+            self._pulser.write(command)
+        self._pulser.raise_queued_errors()
         self._pulse_setting = (amplitude_v, width_s)
+
+    def _guarded(self, operation, *args):
+        """Run ``operation``. On an error, forget the pulse setting and set the bench safe; after a lost link, close the driver."""
+        try:
+            return operation(*args)
+        except (TransportError, ProtocolError) as exc:
+            self._pulse_setting = None
+            logger.error("the bench failed (%s); setting it safe and closing the driver", exc)
+            self.close()
+            raise type(exc)(f"{exc}. The driver has closed itself and left the bench as safe as it could") from exc
+        except CimError:
+            self._pulse_setting = None
+            self._make_safe()
+            raise
 
     def _mvm(self, array, voltages_v):
         raise ConfigError("the VISA bench forces one read voltage from one SMU channel and cannot apply a vector of them: "
@@ -169,18 +231,22 @@ class VisaDriver(ArrayDriver):
 
     # Shutdown.
 
-    def _close(self) -> None:
-        """Leave the bench safe (SMU at 0 V and off, pulses off, switches open), then end the sessions."""
+    def _make_safe(self, output_off: bool = False) -> None:
+        """Set the SMU to 0 V, open every crosspoint and, with ``output_off``, turn both outputs off; log what fails."""
         smu, channel = self._smu_commands, self.bench.smu.channel
-        steps = ((self._smu, smu.source_voltage.format(channel=channel, voltage_v=0.0)),
-                 (self._smu, smu.output_off.format(channel=channel)),
-                 (self._pulser, self._pulse_commands.output_off),
-                 (self._switch, self._switch_commands.open_all))
+        steps = [(self._smu, smu.source_voltage.format(channel=channel, voltage_v=0.0)),
+                 (self._switch, self._switch_commands.open_all)]
+        if output_off:
+            steps += [(self._smu, smu.output_off.format(channel=channel)), (self._pulser, self._pulse_commands.output_off)]
         for session, command in steps:
             try:
                 session.write(command)
             except CimError as exc:
                 logger.warning("could not leave the bench safe: %s", exc)
+
+    def _close(self) -> None:
+        """Leave the bench safe (SMU at 0 V and off, pulses off, switches open), then end the sessions."""
+        self._make_safe(output_off=True)
         for session in self._sessions:
             try:
                 session.query(WAIT_COMPLETE)
@@ -196,6 +262,9 @@ class VisaDriver(ArrayDriver):
 
 def open_visa(url: str, options: dict[str, str]) -> VisaDriver:
     """Open ``visa://?bench=PATH``."""
+    parts = urlsplit(url)
+    if parts.netloc or parts.path not in ("", "/") or parts.fragment:
+        raise ConfigError(f"backend URL {url!r} is invalid: visa:// takes its bench file as an option only, as in 'visa://?bench=bench.toml'")
     unknown = sorted(set(options) - {"bench"})
     if unknown:
         raise ConfigError(f"unknown option(s) {', '.join(unknown)} in {url!r}: visa:// takes bench=PATH")

@@ -37,21 +37,25 @@ A bench file is TOML with five tables; every key is checked and unknown keys are
     pulse_bus = 2
     ground_bus = 3
 
-The limits in ``[array]`` are those of the device under test. They must also lie within what the
+``first_col_line`` is required. A relative pyvisa-sim file in ``library`` is found beside the bench
+file. The limits in ``[array]`` are those of the device under test. They must also lie within what the
 instrument families can do (``visa_commands``), which the loader checks.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 
-from pyvisa.rname import InvalidResourceName, parse_resource_name
+from pyvisa.rname import InvalidResourceName, parse_resource_name, to_canonical_name
 
 from cim_runtime.driver.visa_commands import PULSE_FAMILIES, SMU_FAMILIES, SWITCH_FAMILIES, family
 from cim_runtime.errors import ConfigError
 from cim_runtime.files import read_toml
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -95,9 +99,9 @@ class PulseSettings:
 class SwitchSettings:
     resource: str
     family: str
+    first_col_line: int
     slot: int = 1
     first_row_line: int = 1
-    first_col_line: int = 0
     smu_bus: int = 1
     pulse_bus: int = 2
     ground_bus: int = 3
@@ -163,7 +167,27 @@ def _check_array(array: ArrayLimits, source: str) -> None:
                           f"read_voltage_max_v={array.read_voltage_max_v!r}")
 
 
+#: Shortest and longest reply deadline, in seconds. pyvisa counts whole milliseconds.
+TIMEOUT_RANGE_S = (1e-3, 3600.0)
+
+
 def _check_instruments(bench: BenchConfig, source: str) -> None:
+    _check_resources(bench, source)
+    _check_instrument_limits(bench, source)
+    _check_wiring(bench, source)
+    low, high = TIMEOUT_RANGE_S
+    if not low <= bench.visa.timeout_s <= high:
+        raise ConfigError(f"timeout_s={bench.visa.timeout_s!r} in [visa] of {source} is invalid: must be between {low:g} and {high:g} s")
+    array = bench.array
+    if array.conductance_max_s * array.default_read_voltage_v > array.compliance_max_a:
+        logger.warning("in %s, a cell at conductance_max_s read at default_read_voltage_v passes %g A, above compliance_max_a=%g A: "
+                       "such reads will stop at the compliance", source, array.conductance_max_s * array.default_read_voltage_v,
+                       array.compliance_max_a)
+
+
+def _check_resources(bench: BenchConfig, source: str) -> None:
+    """Check that each resource is a VISA resource name and that no two roles share one."""
+    seen: dict[str, str] = {}
     for name in ("smu", "pulse", "switch"):
         resource = getattr(bench, name).resource
         try:
@@ -171,11 +195,27 @@ def _check_instruments(bench: BenchConfig, source: str) -> None:
         except InvalidResourceName:
             raise ConfigError(f"resource={resource!r} in [{name}] of {source} is not a VISA resource name: use one such as "
                               "'TCPIP0::192.168.1.20::5025::SOCKET', 'TCPIP0::HOST::inst0::INSTR' or 'GPIB0::23::INSTR'") from None
+        key = resource_key(resource)
+        if key in seen:
+            raise ConfigError(f"[{seen[key]}] and [{name}] in {source} name the same resource {resource!r}: give each instrument its own")
+        seen[key] = name
+
+
+def resource_key(resource: str) -> str:
+    """Return a resource name in one spelling (``TCPIP::h::5025::SOCKET`` and ``TCPIP0::h::5025::SOCKET`` agree)."""
+    try:
+        return to_canonical_name(resource).upper()
+    except InvalidResourceName:
+        return resource.upper()
+
+
+def _check_instrument_limits(bench: BenchConfig, source: str) -> None:
+    """Check the SMU channel and that the array's limits lie within what the instrument families can do."""
     smu = family(SMU_FAMILIES, bench.smu.family, "SMU")
     pulse = family(PULSE_FAMILIES, bench.pulse.family, "pulse generator")
-    family(SWITCH_FAMILIES, bench.switch.family, "switch matrix")
-    array, switch = bench.array, bench.switch
-    _positive(source, timeout_s=bench.visa.timeout_s, channel=bench.smu.channel, slot=switch.slot)
+    array = bench.array
+    if not 1 <= bench.smu.channel <= smu.channels:
+        raise ConfigError(f"channel={bench.smu.channel} in [smu] of {source} is invalid: a {bench.smu.family} has channels 1 to {smu.channels}")
     for name, value, limit, instrument in (
             ("read_voltage_max_v", array.read_voltage_max_v, smu.voltage_max_v, bench.smu.family),
             ("compliance_max_a", array.compliance_max_a, smu.current_max_a, bench.smu.family),
@@ -186,15 +226,24 @@ def _check_instruments(bench: BenchConfig, source: str) -> None:
     if array.pulse_width_min_s < pulse.width_min_s:
         raise ConfigError(f"pulse_width_min_s={array.pulse_width_min_s!r} in {source} is below the {bench.pulse.family}'s "
                           f"shortest pulse ({pulse.width_min_s:g} s): raise it")
+
+
+def _check_wiring(bench: BenchConfig, source: str) -> None:
+    """Check the slot, the buses and that rows and columns take separate lines that the matrix has."""
+    matrix = family(SWITCH_FAMILIES, bench.switch.family, "switch matrix")
+    array, switch = bench.array, bench.switch
+    if not 1 <= switch.slot <= matrix.max_slot:
+        raise ConfigError(f"slot={switch.slot} in [switch] of {source} is invalid: a {switch.family} has slots 1 to {matrix.max_slot}")
     buses = (switch.smu_bus, switch.pulse_bus, switch.ground_bus)
-    if len(set(buses)) != 3 or not all(1 <= bus <= 9 for bus in buses):
-        raise ConfigError(f"smu_bus, pulse_bus and ground_bus in {source} must be three different buses from 1 to 9, got {buses}")
+    if len(set(buses)) != 3 or not all(1 <= bus <= matrix.max_bus for bus in buses):
+        raise ConfigError(f"smu_bus, pulse_bus and ground_bus in {source} must be three different buses from 1 to "
+                          f"{matrix.max_bus}, got {buses}")
     rows = range(switch.first_row_line, switch.first_row_line + array.rows)
     cols = range(switch.first_col_line, switch.first_col_line + array.cols)
     for name, lines in (("rows", rows), ("columns", cols)):
-        if lines.start < 1 or lines.stop - 1 > 99:
-            raise ConfigError(f"the array's {name} would use matrix lines {lines.start} to {lines.stop - 1} in {source}: "
-                              "lines run from 1 to 99; change first_row_line or first_col_line")
+        if lines.start < 1 or lines.stop - 1 > matrix.max_line:
+            raise ConfigError(f"the array's {name} would use matrix lines {lines.start} to {lines.stop - 1} in {source}: lines run "
+                              f"from 1 to {matrix.max_line}, so change first_row_line or first_col_line")
     if set(rows) & set(cols):
         raise ConfigError(f"rows (lines {rows.start} to {rows.stop - 1}) and columns (lines {cols.start} to {cols.stop - 1}) "
                           f"overlap on the matrix in {source}: set first_col_line to {rows.stop} or above")
@@ -218,8 +267,16 @@ def bench_from_dict(raw: dict, source: str = "bench") -> BenchConfig:
 def load_bench(path: str | Path) -> BenchConfig:
     """Read and check a bench file.
 
+    A relative pyvisa-sim file in ``library`` ("sim.yaml@sim") is taken from the bench file's folder.
+
     Raises:
         DataError: the file is missing or not valid TOML.
         ConfigError: a table or key is missing, unknown or out of range.
     """
-    return bench_from_dict(read_toml(path, "bench file"), str(path))
+    raw = read_toml(path, "bench file")
+    visa = raw.get("visa")
+    if isinstance(visa, dict) and isinstance(visa.get("library"), str):
+        yaml_file, marker, backend = visa["library"].rpartition("@")
+        if marker and backend == "sim" and yaml_file and not Path(yaml_file).is_absolute():
+            visa["library"] = f"{Path(path).parent / yaml_file}@sim"
+    return bench_from_dict(raw, str(path))

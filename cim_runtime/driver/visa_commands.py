@@ -1,8 +1,8 @@
 """SCPI command sets of the bench instruments that the VISA backend drives, one small table per family.
 
-A bench holds three instruments: a source-measure unit (SMU) with two channels, a pulse generator
-and a switch matrix. Each family below lists the exact command strings the backend sends, with
-``str.format`` fields for the values. Adding an instrument family means adding a table here, not
+A bench has three instruments: a source-measure unit (SMU), a pulse generator and a switch
+matrix. Each family below lists the exact command strings the backend sends, with ``str.format``
+fields for the values. Adding an instrument family means adding a table here, not
 code in the driver. Numbers are written with ``{:.6g}`` so that 1e-4 s goes out as ``0.0001``.
 
 NOTE: the command strings and instrument limits follow the manufacturers' programming manuals as
@@ -16,11 +16,13 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class SmuCommands:
-    """Commands of a two-channel SMU: one channel forces the read voltage, the other holds 0 V and measures."""
+    """Commands of an SMU channel that forces the read voltage on a row and measures the current it sources."""
 
     #: Text the ``*IDN?`` reply must contain.
     identity: str
-    #: Commands sent once per channel when the bench opens (``{channel}``).
+    #: Number of channels; the bench file's ``channel`` counts from 1.
+    channels: int
+    #: Commands sent once to the channel when the bench opens (``{channel}``).
     setup: tuple[str, ...]
     #: Set the source voltage of a channel (``{channel}``, ``{voltage_v}``).
     source_voltage: str
@@ -31,7 +33,7 @@ class SmuCommands:
     output_off: str
     #: Query one current measurement of a channel, in amperes (``{channel}``).
     measure_current: str
-    #: Query whether the last measurement of a channel hit its compliance; replies 1 or 0 (``{channel}``).
+    #: Query whether the last measurement of a channel hit its compliance. The reply is 1 or 0 (``{channel}``).
     in_compliance: str
     #: Largest source voltage and current of the instrument, in volts and amperes.
     voltage_max_v: float
@@ -41,15 +43,22 @@ class SmuCommands:
 
 @dataclass(frozen=True)
 class PulseCommands:
-    """Commands of a pulse generator that fires one rectangular pulse per trigger."""
+    """Commands of a pulse generator that fires one rectangular pulse per trigger.
+
+    A positive pulse rests at 0 V (the low level) and rises to the high level. A negative pulse
+    sets the high level to 0 V and the low level to minus the amplitude, and inverts the output,
+    so that it rests at 0 V and falls to the low level.
+    """
 
     identity: str
-    #: Commands sent once when the bench opens: pulse shape, single-pulse burst, bus trigger.
+    #: Commands sent once when the bench opens: output load, pulse shape, single-pulse burst, bus trigger.
     setup: tuple[str, ...]
-    #: Set the pulse height above 0 V (``{amplitude_v}``, always positive).
-    amplitude: str
-    #: Set the pulse width (``{width_s}``).
+    #: Set the high and low levels (``{voltage_v}``).
+    high: str
+    low: str
+    #: Set the pulse width and the pulse period (``{width_s}``, ``{period_s}``).
     width: str
+    period: str
     #: Select positive (``normal``) or negative (``inverted``) pulses.
     polarity_normal: str
     polarity_inverted: str
@@ -74,14 +83,17 @@ class SwitchCommands:
     close: str
     #: Open every crosspoint.
     open_all: str
-    #: Channel name of one crosspoint (``{slot}``, ``{bus}``, ``{line}``; bus and line count from 1).
+    #: Channel name of one crosspoint (``{slot}``, ``{bus}``, ``{line}``). Bus and line count from 1.
     channel: str
+    #: Largest slot, bus and line number that the channel names can carry.
+    max_slot: int
+    max_bus: int
+    max_line: int
     note: str = ""
 
 
 #: Commands every SCPI instrument understands (IEEE 488.2).
 IDENTIFY = "*IDN?"
-RESET = "*RST"
 CLEAR_STATUS = "*CLS"
 WAIT_COMPLETE = "*OPC?"
 NEXT_ERROR = "SYST:ERR?"
@@ -89,6 +101,7 @@ NEXT_ERROR = "SYST:ERR?"
 SMU_FAMILIES: dict[str, SmuCommands] = {
     "keysight-b2900": SmuCommands(
         identity="B29",
+        channels=2,
         setup=(":SOUR{channel}:FUNC:MODE VOLT", ":SENS{channel}:FUNC \"CURR\"", ":SENS{channel}:CURR:NPLC 0.1"),
         source_voltage=":SOUR{channel}:VOLT {voltage_v:.6g}",
         compliance=":SENS{channel}:CURR:PROT {compliance_a:.6g}",
@@ -98,16 +111,20 @@ SMU_FAMILIES: dict[str, SmuCommands] = {
         in_compliance=":SENS{channel}:CURR:PROT:TRIP?",
         voltage_max_v=21.0,
         current_max_a=1.0,
-        note="DC limits of the 21 V source range; the backend never selects a higher range",
+        note="DC limits of the 21 V source range, because the backend never selects a higher range",
     ),
 }
 
 PULSE_FAMILIES: dict[str, PulseCommands] = {
     "keysight-33500b": PulseCommands(
         identity="335",
-        setup=("FUNC PULS", "VOLT:LOW 0", "BURS:MODE TRIG", "BURS:NCYC 1", "BURS:STAT ON", "TRIG:SOUR BUS"),
-        amplitude="VOLT:HIGH {amplitude_v:.6g}",
+        # The high-impedance load setting makes the set levels those at the open output, which a
+        # memristor cell nearly is. At the default 50 ohm setting, the cell would see up to twice the level.
+        setup=("OUTP:LOAD INF", "FUNC PULS", "BURS:MODE TRIG", "BURS:NCYC 1", "BURS:STAT ON", "TRIG:SOUR BUS"),
+        high="VOLT:HIGH {voltage_v:.6g}",
+        low="VOLT:LOW {voltage_v:.6g}",
         width="FUNC:PULS:WIDT {width_s:.6g}",
+        period="FUNC:PULS:PER {period_s:.6g}",
         polarity_normal="OUTP:POL NORM",
         polarity_inverted="OUTP:POL INV",
         output_on="OUTP ON",
@@ -126,7 +143,10 @@ SWITCH_FAMILIES: dict[str, SwitchCommands] = {
         close="ROUT:CLOS (@{channels})",
         open_all="ROUT:OPEN:ALL",
         channel="{slot}{bus}{line:02d}",
-        note="matrix modules of up to 9 buses and 99 lines per slot",
+        max_slot=8,
+        max_bus=4,
+        max_line=99,
+        note="the matrix module in the slot sets the real bus and line counts",
     ),
 }
 

@@ -11,7 +11,7 @@ unknown command, or a value an instrument would refuse, goes to that instrument'
 (``SYST:ERR?``), as on the real one. Nothing is clipped.
 
 The emulator models no sneak paths: only cells whose row is on the source bus and whose column is on
-the ground bus conduct. ``mute`` makes every instrument stop replying, for timeout tests.
+the ground bus conduct. Instruments named in ``muted`` stop replying, for timeout tests.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import re
 import socket
 import socketserver
 import threading
+from collections import deque
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,7 @@ import tomli_w
 
 from cim_runtime.driver.simulator import PULSE_AMPLITUDE_MAX_V, READ_VOLTAGE_MAX_V, SimulatorDriver
 from cim_runtime.errors import CimError
+from cim_runtime.files import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +42,11 @@ SETTINGS_CONFLICT = (-221, "Settings conflict")
 
 #: Wiring of the emulated bench: matrix slot, first matrix line of the rows, and the bus of each role.
 SLOT, FIRST_ROW_LINE, SMU_BUS, PULSE_BUS, GROUND_BUS = 1, 1, 1, 2, 3
+#: Commands kept in :attr:`BenchEmulator.received`, and the longest command line, in bytes.
+RECENT_COMMANDS = 10000
+MAX_LINE_BYTES = 65536
+#: How long a new client waits for the previous one to leave, in seconds.
+HANDOVER_S = 1.0
 #: Limits the emulated instruments share with the simulator behind them.
 PULSE_WIDTH_MIN_S, PULSE_WIDTH_MAX_S, COMPLIANCE_MAX_A = 1e-6, 1e-2, 1e-2
 
@@ -125,35 +132,44 @@ class Smu(Instrument):
 
 
 class PulseGenerator(Instrument):
-    """A pulse generator in triggered single-pulse burst mode."""
+    """A pulse generator in triggered single-pulse burst mode, into a high-impedance load.
+
+    A normal pulse rests at the low level and rises to the high level. An inverted one rests at the
+    high level and falls to the low level. Pulses must rest at 0 V.
+    """
+
+    SETTINGS = ("OUTP:LOAD INF", "FUNC PULS", "BURS:MODE TRIG", "BURS:NCYC 1", "BURS:STAT ON", "TRIG:SOUR BUS")
 
     def __init__(self, bench):
         super().__init__(bench, "Agilent Technologies,33522B,EMULATOR,1.0")
-        self.high_v, self.low_v, self.width_s = 0.1, 0.0, 1e-4
+        self.high_v, self.low_v, self.width_s, self.period_s = 0.1, 0.0, 1e-4, 1e-3
         self.inverted = False
         self.output = False
         self.armed: set[str] = set()
-        settings = ("FUNC PULS", "BURS:MODE TRIG", "BURS:NCYC 1", "BURS:STAT ON", "TRIG:SOUR BUS")
-        self.commands += tuple((re.escape(text), lambda text=text: self.armed.add(text)) for text in settings) + (
-            (rf"VOLT:HIGH {NUMBER}", lambda value: self._set("high_v", value, 0.0, 10.0)),
+        self.commands += tuple((re.escape(text), lambda text=text: self.armed.add(text)) for text in self.SETTINGS) + (
+            (rf"VOLT:HIGH {NUMBER}", lambda value: self._set("high_v", value, -10.0, 10.0)),
             (rf"VOLT:LOW {NUMBER}", lambda value: self._set("low_v", value, -10.0, 10.0)),
             (rf"FUNC:PULS:WIDT {NUMBER}", lambda value: self._set("width_s", value, 16e-9, 1e3)),
+            (rf"FUNC:PULS:PER {NUMBER}", lambda value: self._set("period_s", value, 33e-9, 1e6)),
             (r"OUTP:POL (NORM|INV)", lambda polarity: setattr(self, "inverted", polarity == "INV")),
             (r"OUTP (ON|OFF)", lambda state: setattr(self, "output", state == "ON")),
             (r"\*TRG", self._fire),
         )
 
     def _set(self, name: str, value: str, low: float, high: float) -> None:
-        if not low <= float(value) <= high:
+        """Take a new level or time, unless it is out of range or would put the low level at or above the high one, or the width at or past the period."""
+        previous = getattr(self, name)
+        setattr(self, name, float(value))
+        if not low <= float(value) <= high or self.low_v >= self.high_v or self.width_s >= self.period_s:
+            setattr(self, name, previous)
             self.fail(OUT_OF_RANGE, self.command)
-        else:
-            setattr(self, name, float(value))
 
     def _fire(self) -> None:
-        if not self.output or len(self.armed) < 5 or self.low_v != 0.0:
+        rest_v, peak_v = (self.high_v, self.low_v) if self.inverted else (self.low_v, self.high_v)
+        if not self.output or len(self.armed) < len(self.SETTINGS) or rest_v != 0.0:
             self.fail(SETTINGS_CONFLICT, self.command)
             return
-        self.bench.apply_pulse(-self.high_v if self.inverted else self.high_v, self.width_s)
+        self.bench.apply_pulse(peak_v, self.width_s)
 
 
 class SwitchMatrix(Instrument):
@@ -183,10 +199,11 @@ class BenchEmulator:
         self.rows, self.cols = rows, cols
         self.first_col_line = FIRST_ROW_LINE + rows
         self.lock = threading.Lock()
-        #: Set to make every instrument read commands and never answer.
-        self.mute = False
-        #: Every command received, as (role, command), in order.
-        self.received: list[tuple[str, str]] = []
+        #: Roles ("smu", "pulse", "switch") whose instruments run commands but never reply, for timeout tests.
+        self.muted: set[str] = set()
+        #: Number of commands received, and the latest ones as (role, command).
+        self.command_count = 0
+        self.received: deque[tuple[str, str]] = deque(maxlen=RECENT_COMMANDS)
         self.instruments = {"smu": Smu(self), "pulse": PulseGenerator(self), "switch": SwitchMatrix(self)}
         self._servers = {role: _serve(self, role, host) for role in self.instruments}
 
@@ -223,6 +240,7 @@ class BenchEmulator:
 
     def handle(self, role: str, line: str) -> str | None:
         with self.lock:
+            self.command_count += 1
             self.received.append((role, line))
             try:
                 return self.instruments[role].handle(line)
@@ -234,8 +252,8 @@ class BenchEmulator:
         """Write a bench file that points the VISA backend at these instruments; return its path."""
         info = self.simulator.info()
         bench = {
-            "array": {"rows": self.rows, "cols": self.cols, "conductance_min_s": info.conductance_min_s,
-                      "conductance_max_s": info.conductance_max_s, "read_voltage_max_v": READ_VOLTAGE_MAX_V,
+            "array": {"rows": self.rows, "cols": self.cols, "conductance_min_s": float(f"{info.conductance_min_s:.6g}"),
+                      "conductance_max_s": float(f"{info.conductance_max_s:.6g}"), "read_voltage_max_v": READ_VOLTAGE_MAX_V,
                       "default_read_voltage_v": info.default_read_voltage_v, "pulse_amplitude_max_v": PULSE_AMPLITUDE_MAX_V,
                       "pulse_width_min_s": PULSE_WIDTH_MIN_S, "pulse_width_max_s": PULSE_WIDTH_MAX_S,
                       "compliance_max_a": COMPLIANCE_MAX_A},
@@ -247,7 +265,8 @@ class BenchEmulator:
                        "smu_bus": SMU_BUS, "pulse_bus": PULSE_BUS, "ground_bus": GROUND_BUS},
         }
         path = Path(path)
-        path.write_text(tomli_w.dumps(bench), encoding="utf-8")
+        text = tomli_w.dumps(bench)
+        atomic_write(path, lambda temporary: Path(temporary).write_text(text, encoding="utf-8"))
         return path
 
     def start(self) -> "BenchEmulator":
@@ -269,7 +288,23 @@ class BenchEmulator:
 
 
 class _Handler(socketserver.BaseRequestHandler):
+    """One client of one instrument. Like a LAN instrument's raw socket, each instrument takes one client at a time."""
+
     def handle(self) -> None:
+        server = self.server
+        # A client that has just closed may not have been noticed yet, so wait a little for it.
+        if not server.free.acquire(timeout=HANDOVER_S):
+            logger.warning("emulated %s: a second client at %s was turned away, because one is connected", server.role,
+                           self.client_address)
+            return
+        try:
+            self._serve_lines()
+        except OSError as exc:
+            logger.info("emulated %s: client %s left (%s)", server.role, self.client_address, exc)
+        finally:
+            server.free.release()
+
+    def _serve_lines(self) -> None:
         bench, role = self.server.bench, self.server.role
         pending = b""
         while chunk := self.request.recv(4096):
@@ -280,10 +315,14 @@ class _Handler(socketserver.BaseRequestHandler):
                 self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
             pending += chunk
             *lines, pending = pending.split(b"\n")
+            if len(pending) > MAX_LINE_BYTES:
+                logger.warning("emulated %s: a command line from %s passed %d bytes; closing the connection", role,
+                               self.client_address, MAX_LINE_BYTES)
+                return
             for raw in lines:
                 line = raw.decode("ascii", errors="replace").strip()
                 reply = bench.handle(role, line) if line else None
-                if reply is not None and not bench.mute:
+                if reply is not None and role not in bench.muted:
                     self.request.sendall(reply.encode("ascii") + b"\n")
 
 
@@ -295,4 +334,5 @@ class _Server(socketserver.ThreadingTCPServer):
 def _serve(bench: BenchEmulator, role: str, host: str) -> _Server:
     server = _Server((host, 0), _Handler)
     server.bench, server.role = bench, role
+    server.free = threading.Lock()
     return server

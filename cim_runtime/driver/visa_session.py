@@ -12,16 +12,20 @@ import threading
 import pyvisa
 from pyvisa import constants
 
+from cim_runtime.driver.visa_bench import resource_key
 from cim_runtime.driver.visa_commands import CLEAR_STATUS, IDENTIFY, NEXT_ERROR
 from cim_runtime.errors import ConfigError, DeviceReportedError, DeviceTimeoutError, ProtocolError, TransportError
 
 logger = logging.getLogger(__name__)
 
+#: The fix for a lost link, in error messages.
+RECONNECT_HINT = "Check that the instrument is on and connected, then open the driver again"
+
 #: Errors read from one instrument's queue before giving up on emptying it.
 MAX_QUEUED_ERRORS = 32
 
-#: Resource names open in this process. A second session to the same instrument would interleave
-#: its commands with those of the first, so opening one twice is an error.
+#: Resources open in this process, by :func:`resource_key`. A second session to the same instrument
+#: would interleave its commands with those of the first, so opening one twice is an error.
 _open_resources: set[str] = set()
 _open_lock = threading.Lock()
 
@@ -31,7 +35,9 @@ def open_manager(library: str) -> pyvisa.ResourceManager:
     try:
         return pyvisa.ResourceManager(library)
     except (ValueError, OSError) as exc:
-        raise ConfigError(f"cannot load the VISA library {library!r}: {exc}. Set library in [visa] of the bench file "
+        # pyvisa-sim puts a whole traceback into its message; its last line names the problem.
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"cannot load the VISA library {library!r}: {reason}. Set library in [visa] of the bench file "
                           "to '@py' (pyvisa-py) or to 'FILE.yaml@sim' (pyvisa-sim)") from exc
 
 
@@ -43,10 +49,11 @@ class InstrumentSession:
         self.role = role
         self.timeout_s = timeout_s
         self._last_command = ""
+        self._key = resource_key(resource)
         with _open_lock:
-            if resource in _open_resources:
+            if self._key in _open_resources:
                 raise ConfigError(f"the {role} at {resource} is already open in this process: close the other driver first")
-            _open_resources.add(resource)
+            _open_resources.add(self._key)
         try:
             self._session = manager.open_resource(resource, read_termination="\n", write_termination="\n",
                                                   timeout=round(timeout_s * 1000))
@@ -74,13 +81,18 @@ class InstrumentSession:
             if exc.error_code == constants.StatusCode.error_timeout:
                 raise DeviceTimeoutError(f"no reply from {self._where(command)} within {self.timeout_s:g} s: check the "
                                          "instrument and its cable, or raise timeout_s in [visa] of the bench file") from exc
-            raise TransportError(f"VISA error from {self._where(command)}: {exc}") from exc
+            raise TransportError(f"VISA error from {self._where(command)}: {exc}. {RECONNECT_HINT}") from exc
         except (OSError, UnicodeDecodeError) as exc:
-            raise TransportError(f"link to {self._where(command)} failed: {exc}") from exc
+            raise TransportError(f"link to {self._where(command)} failed: {exc}. {RECONNECT_HINT}") from exc
 
     def write(self, command: str) -> None:
         logger.debug("%s <- %s", self.role, command)
         self._call(self._session.write, command)
+
+    def write_checked(self, command: str) -> None:
+        """Send a command, then read the error queue, so that an error names this very command."""
+        self.write(command)
+        self.raise_queued_errors()
 
     def query(self, command: str) -> str:
         reply = self._call(self._session.query, command).strip()
@@ -132,4 +144,4 @@ class InstrumentSession:
 
     def _release(self) -> None:
         with _open_lock:
-            _open_resources.discard(self.resource)
+            _open_resources.discard(self._key)
