@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import socket
 import time
 from importlib.resources import files
@@ -138,6 +139,27 @@ def test_timeout_leaves_bench_safe_and_closes(bench, driver):
         assert again.read([0], [0]).shape == (1,)
 
 
+def test_interrupt_leaves_bench_safe_and_closes(bench, driver, monkeypatch):
+    # Ctrl-C arrives while the SMU forces the read voltage.
+    def interrupted(command):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(driver._smu, "query_float", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        driver.read([0], [0])
+    assert driver.closed
+    assert bench.instruments["smu"].voltage_v[1] == 0.0
+    assert not bench.instruments["switch"].closed
+
+
+def test_dropped_driver_frees_its_instruments(bench):
+    driver = open_driver(f"visa://?bench={bench.path}")
+    del driver
+    gc.collect()
+    with open_driver(f"visa://?bench={bench.path}") as again:
+        assert again.read([0], [0]).shape == (1,)
+
+
 def test_refused_pulse_setting_fires_nothing(bench, driver):
     def triggers():
         return sum(1 for _, command in bench.received if command == "*TRG")
@@ -209,7 +231,7 @@ def test_miswired_bench_warns_of_open_circuit(bench, tmp_path, caplog):
     path = tmp_path / "miswired.toml"
     path.write_text(bench.path.read_text().replace(f"first_col_line = {ROWS + 1}", f"first_col_line = {ROWS + 20}"))
     with open_driver(f"visa://?bench={path}") as driver:
-        assert np.all(driver.read([0, 1], [0, 1]) == 0)
+        assert np.all(driver.read([0, 1, 2, 3], [0, 1, 2, 3]) == 0)
     assert "like an open circuit" in caplog.text
 
 

@@ -13,7 +13,7 @@ How each operation runs, one cell or one row at a time:
   crosspoint open, the generator takes the pulse's levels and width. Then the row goes to the pulse
   bus and the cells' columns to the ground bus, and the generator fires once.
 * **mvm**: not offered. One SMU channel forces one voltage, so a bench cannot apply a vector of
-  read voltages; use readback mode or a backend with the ``analog_mvm`` capability.
+  read voltages. Use readback mode or a backend with the ``analog_mvm`` capability.
 
 Every request is checked against the bench file's limits before any command goes out. Each batch
 of operations ends with a read of every instrument's error queue. When an instrument stops
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -32,14 +33,16 @@ from cim_runtime.driver.base import ArrayDriver, ArrayInfo
 from cim_runtime.driver.visa_bench import BenchConfig, load_bench
 from cim_runtime.driver.visa_commands import PULSE_FAMILIES, SMU_FAMILIES, SWITCH_FAMILIES, WAIT_COMPLETE
 from cim_runtime.driver.visa_session import InstrumentSession, open_manager
-from cim_runtime.errors import CimError, ConfigError, ProtocolError, TransportError
+from cim_runtime.errors import CimError, ConfigError, DataError, ProtocolError, TransportError
 
 logger = logging.getLogger(__name__)
 
 #: Share of the compliance current at which the SMU is asked whether it was limiting.
 COMPLIANCE_SHARE = 0.999
-#: Share of conductance_min_s below which a whole batch of reads looks like an open circuit.
+#: Share of conductance_min_s below which a batch of at least OPEN_CIRCUIT_CELLS reads looks like an
+#: open circuit (one broken cell can read so, a whole batch points to the wiring).
 OPEN_CIRCUIT_SHARE = 0.01
+OPEN_CIRCUIT_CELLS = 4
 #: Pulse period as a multiple of the width, so that the single pulse of a burst fits in its period.
 PERIOD_PER_WIDTH = 2.0
 
@@ -60,6 +63,9 @@ class VisaDriver(ArrayDriver):
         self._sessions: list[InstrumentSession] = []
         #: (amplitude_v, width_s) the generator holds, or None where unknown.
         self._pulse_setting: tuple[float, float] | None = None
+        #: Whether closing waits until each instrument confirms its safe state.
+        self._confirm_close = True
+
         manager = open_manager(bench.visa.library)
         try:
             self._smu = self._open(manager, bench.smu.resource, "SMU")
@@ -72,6 +78,7 @@ class VisaDriver(ArrayDriver):
         except BaseException:
             self._close_sessions()
             raise
+
         limits = bench.array
         self._info = ArrayInfo(
             rows=limits.rows, cols=limits.cols, arrays=1,
@@ -145,8 +152,8 @@ class VisaDriver(ArrayDriver):
 
     def _read(self, array, rows, cols, read_voltage_v):
         conductance_s = self._guarded(self._read_cells, rows, cols, read_voltage_v)
-        if conductance_s.size and np.all(np.abs(conductance_s) < OPEN_CIRCUIT_SHARE * self._info.conductance_min_s):
-            logger.warning("all %d cells read below %g S, like an open circuit: check the wiring in %s (first_row_line, "
+        if conductance_s.size >= OPEN_CIRCUIT_CELLS and np.all(np.abs(conductance_s) < OPEN_CIRCUIT_SHARE * self._info.conductance_min_s):
+            logger.warning("the %d cells of one read all measured below %g S, like an open circuit: check the wiring in %s (first_row_line, "
                            "first_col_line and the buses)", conductance_s.size, OPEN_CIRCUIT_SHARE * self._info.conductance_min_s,
                            self.bench.source)
         return conductance_s
@@ -212,18 +219,31 @@ class VisaDriver(ArrayDriver):
         self._pulse_setting = (amplitude_v, width_s)
 
     def _guarded(self, operation, *args):
-        """Run ``operation``. On an error, forget the pulse setting and set the bench safe; after a lost link, close the driver."""
+        """Run ``operation``. On an instrument error, forget the pulse setting and set the bench safe.
+
+        After a lost link, a timeout or an interrupt (Ctrl-C), replies may be out of step with the
+        commands, so the driver also closes itself, without waiting for confirmations.
+        """
         try:
             return operation(*args)
         except (TransportError, ProtocolError) as exc:
-            self._pulse_setting = None
             logger.error("the bench failed (%s); setting it safe and closing the driver", exc)
-            self.close()
+            self._abandon()
             raise type(exc)(f"{exc}. The driver has closed itself and left the bench as safe as it could") from exc
         except CimError:
             self._pulse_setting = None
             self._make_safe()
             raise
+        except BaseException:
+            logger.warning("interrupted; setting the bench safe and closing the driver")
+            self._abandon()
+            raise
+
+    def _abandon(self) -> None:
+        """Set the bench safe without waiting for replies, then close the driver."""
+        self._pulse_setting = None
+        self._confirm_close = False
+        self.close()
 
     def _mvm(self, array, voltages_v):
         raise ConfigError("the VISA bench forces one read voltage from one SMU channel and cannot apply a vector of them: "
@@ -247,7 +267,7 @@ class VisaDriver(ArrayDriver):
     def _close(self) -> None:
         """Leave the bench safe (SMU at 0 V and off, pulses off, switches open), then end the sessions."""
         self._make_safe(output_off=True)
-        for session in self._sessions:
+        for session in self._sessions if self._confirm_close else ():
             try:
                 session.query(WAIT_COMPLETE)
             except CimError as exc:
@@ -270,4 +290,7 @@ def open_visa(url: str, options: dict[str, str]) -> VisaDriver:
         raise ConfigError(f"unknown option(s) {', '.join(unknown)} in {url!r}: visa:// takes bench=PATH")
     if not options.get("bench"):
         raise ConfigError(f"{url!r} names no bench file: use visa://?bench=PATH (see docs/visa.md)")
-    return VisaDriver(load_bench(options["bench"]))
+    path = Path(options["bench"])
+    if not path.exists() and " " in str(path) and "+" in url:
+        raise DataError(f"bench file {path} not found: a URL query reads + as a space, so write + in the path as %2B")
+    return VisaDriver(load_bench(path))

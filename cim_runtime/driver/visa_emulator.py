@@ -57,6 +57,8 @@ class Instrument:
     def __init__(self, bench: "BenchEmulator", identity: str):
         self.bench = bench
         self.identity = identity
+        #: The instrument's role on the bench ("smu", "pulse" or "switch"), for logs.
+        self.role = type(self).__name__
         self.errors: list[tuple[int, str]] = []
         #: The command being run, for error logs.
         self.command = ""
@@ -69,7 +71,7 @@ class Instrument:
 
     def fail(self, error: tuple[int, str], command: str) -> None:
         """Queue an instrument error for ``SYST:ERR?``, as the real instrument would, and log it."""
-        logger.warning("emulated %s: error %d %s, after %r", type(self).__name__, error[0], error[1], command)
+        logger.warning("emulated %s: error %d %s, after %r", self.role, error[0], error[1], command)
         self.errors.append(error)
 
     def _next_error(self) -> str:
@@ -205,6 +207,8 @@ class BenchEmulator:
         self.command_count = 0
         self.received: deque[tuple[str, str]] = deque(maxlen=RECENT_COMMANDS)
         self.instruments = {"smu": Smu(self), "pulse": PulseGenerator(self), "switch": SwitchMatrix(self)}
+        for role, instrument in self.instruments.items():
+            instrument.role = role
         self._servers = {role: _serve(self, role, host) for role in self.instruments}
 
     def resource(self, role: str) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import weakref
 
 import pyvisa
 from pyvisa import constants
@@ -35,8 +36,10 @@ def open_manager(library: str) -> pyvisa.ResourceManager:
     try:
         return pyvisa.ResourceManager(library)
     except (ValueError, OSError) as exc:
-        # pyvisa-sim puts a whole traceback into its message; its last line names the problem.
-        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        # pyvisa-sim puts a whole traceback into its message, sometimes with escaped line breaks.
+        # Its last line names the problem.
+        lines = [line.strip() for line in str(exc).replace("\\n", "\n").splitlines() if line.strip()]
+        reason = lines[-1] if lines else type(exc).__name__
         raise ConfigError(f"cannot load the VISA library {library!r}: {reason}. Set library in [visa] of the bench file "
                           "to '@py' (pyvisa-py) or to 'FILE.yaml@sim' (pyvisa-sim)") from exc
 
@@ -54,6 +57,8 @@ class InstrumentSession:
             if self._key in _open_resources:
                 raise ConfigError(f"the {role} at {resource} is already open in this process: close the other driver first")
             _open_resources.add(self._key)
+        # A session dropped without close() frees its resource when it is garbage collected.
+        self._release = weakref.finalize(self, _release_resource, self._key)
         try:
             self._session = manager.open_resource(resource, read_termination="\n", write_termination="\n",
                                                   timeout=round(timeout_s * 1000))
@@ -80,7 +85,8 @@ class InstrumentSession:
         except pyvisa.errors.VisaIOError as exc:
             if exc.error_code == constants.StatusCode.error_timeout:
                 raise DeviceTimeoutError(f"no reply from {self._where(command)} within {self.timeout_s:g} s: check the "
-                                         "instrument and its cable, or raise timeout_s in [visa] of the bench file") from exc
+                                         "instrument and its cable, and that no other program is connected to it, or raise timeout_s "
+                                         "in [visa] of the bench file") from exc
             raise TransportError(f"VISA error from {self._where(command)}: {exc}. {RECONNECT_HINT}") from exc
         except (OSError, UnicodeDecodeError) as exc:
             raise TransportError(f"link to {self._where(command)} failed: {exc}. {RECONNECT_HINT}") from exc
@@ -142,6 +148,7 @@ class InstrumentSession:
         finally:
             self._release()
 
-    def _release(self) -> None:
-        with _open_lock:
-            _open_resources.discard(self._key)
+
+def _release_resource(key: str) -> None:
+    with _open_lock:
+        _open_resources.discard(key)
