@@ -34,6 +34,21 @@ def driver(bench):
         yield opened
 
 
+def eventually(condition, within_s: float = 3.0) -> bool:
+    """Wait until ``condition()`` holds: a closing driver sends its last commands without waiting for replies."""
+    deadline = time.monotonic() + within_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def bench_is_safe(bench) -> bool:
+    smu = bench.instruments["smu"]
+    return smu.voltage_v[1] == 0.0 and not smu.output[1] and not bench.instruments["switch"].closed
+
+
 def grid():
     return np.meshgrid(np.arange(ROWS), np.arange(COLS), indexing="ij")
 
@@ -70,6 +85,17 @@ def test_one_pulse_per_row_and_setting(bench, driver):
     recent = list(bench.received)[start - bench.command_count:]
     triggers = [command for role, command in recent if command == "*TRG"]
     assert len(triggers) == 2 * ROWS
+
+
+def test_keithley_2400_bench(tmp_path):
+    with BenchEmulator(rows=3, cols=3, seed=4, smu_family="keithley-2400") as emulator:
+        path = emulator.bench_file(tmp_path / "k2400.toml", timeout_s=0.5)
+        with open_driver(f"visa://?bench={path}") as driver:
+            assert "MODEL 2400" in driver.info().identity
+            measured = driver.read([0, 1, 2], [2, 1, 0])
+            truth = emulator.simulator.true_conductance_s(0)[[0, 1, 2], [2, 1, 0]]
+            assert np.all(np.abs(measured / truth - 1) < 5 * emulator.simulator.profile.variation.read_sigma_rel)
+            assert emulator.instruments["smu"].elements == "CURR"
 
 
 def test_write_verify_programs_cells(bench, driver):
@@ -131,9 +157,7 @@ def test_timeout_leaves_bench_safe_and_closes(bench, driver):
     with pytest.raises(DeviceTimeoutError, match="closed itself"):
         driver.read([0], [0])
     assert driver.closed
-    assert bench.instruments["smu"].voltage_v[1] == 0.0
-    assert not bench.instruments["smu"].output[1]
-    assert not bench.instruments["switch"].closed
+    assert eventually(lambda: bench_is_safe(bench))
     bench.muted = set()
     with open_driver(f"visa://?bench={bench.path}") as again:
         assert again.read([0], [0]).shape == (1,)
@@ -148,8 +172,7 @@ def test_interrupt_leaves_bench_safe_and_closes(bench, driver, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         driver.read([0], [0])
     assert driver.closed
-    assert bench.instruments["smu"].voltage_v[1] == 0.0
-    assert not bench.instruments["switch"].closed
+    assert eventually(lambda: bench_is_safe(bench))
 
 
 def test_dropped_driver_frees_its_instruments(bench):
@@ -254,11 +277,14 @@ def test_unreachable_instrument(bench, tmp_path):
         open_driver(f"visa://?bench={path}")
 
 
-def test_pyvisa_sim_bench(tmp_path):
+@pytest.mark.parametrize("family, port", [("keysight-b2900", 5025), ("keithley-2400", 5028)])
+def test_pyvisa_sim_bench(tmp_path, family, port):
     """Every command the backend sends is one the pyvisa-sim instruments know, with values in their ranges."""
     library = files("cim_runtime.driver").joinpath("visa_sim.yaml")
     path = tmp_path / "sim.toml"
-    path.write_text(SIM_BENCH.format(library=f"{library}@sim"))
+    text = SIM_BENCH.format(library=f"{library}@sim")
+    path.write_text(text.replace('"TCPIP0::127.0.0.1::5025::SOCKET"\nfamily = "keysight-b2900"',
+                                 f'"TCPIP0::127.0.0.1::{port}::SOCKET"\nfamily = "{family}"'))
     with open_driver(f"visa://?bench={path}") as driver:
         assert "PYVISA-SIM" in driver.info().identity
         # The simulated SMU always measures 10 uA.

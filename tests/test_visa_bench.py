@@ -42,7 +42,7 @@ def test_good_bench_has_defaults():
     (changed("array", rows="4"), "rows='4' .* must be an integer"),
     (changed("array", pulse_width_max_s=float("nan")), "finite number"),
     (changed("array", color="red"), "unknown key\\(s\\) color in \\[array\\]"),
-    (changed("smu", family="keithley-9999"), "SMU family 'keithley-9999' is unknown: use one of keysight-b2900"),
+    (changed("smu", family="keithley-9999"), "SMU family 'keithley-9999' is unknown: use one of keithley-2400, keysight-b2900"),
     (changed("switch", first_col_line=3), "overlap .* set first_col_line to 5"),
     (changed("switch", first_col_line=98), "lines 98 to 101"),
     (changed("switch", ground_bus=1), "three different buses"),

@@ -113,6 +113,21 @@ SMU_FAMILIES: dict[str, SmuCommands] = {
         current_max_a=1.0,
         note="DC limits of the 21 V source range, because the backend never selects a higher range",
     ),
+    "keithley-2400": SmuCommands(
+        identity="MODEL 24",
+        channels=1,
+        # Readings then carry the current alone, not voltage, current, resistance, time and status.
+        setup=(":SOUR:FUNC VOLT", ":SENS:FUNC \"CURR\"", ":SENS:CURR:NPLC 0.1", ":FORM:ELEM CURR"),
+        source_voltage=":SOUR:VOLT:LEV {voltage_v:.6g}",
+        compliance=":SENS:CURR:PROT {compliance_a:.6g}",
+        output_on=":OUTP ON",
+        output_off=":OUTP OFF",
+        measure_current=":MEAS:CURR?",
+        in_compliance=":SENS:CURR:PROT:TRIP?",
+        voltage_max_v=21.0,
+        current_max_a=1.0,
+        note="limits of the 20 V source range of a Model 2400; other 2400-series models differ",
+    ),
 }
 
 PULSE_FAMILIES: dict[str, PulseCommands] = {

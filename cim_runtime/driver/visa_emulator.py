@@ -28,7 +28,7 @@ import numpy as np
 import tomli_w
 
 from cim_runtime.driver.simulator import PULSE_AMPLITUDE_MAX_V, READ_VOLTAGE_MAX_V, SimulatorDriver
-from cim_runtime.errors import CimError
+from cim_runtime.errors import CimError, ConfigError
 from cim_runtime.files import atomic_write
 
 logger = logging.getLogger(__name__)
@@ -91,24 +91,14 @@ class Instrument:
 
 
 class Smu(Instrument):
-    """A two-channel SMU that forces a voltage and measures the current through the routed cells."""
+    """An SMU that forces a voltage on its channels and measures the current through the routed cells."""
 
-    def __init__(self, bench):
-        super().__init__(bench, "Keysight Technologies,B2902A,EMULATOR,1.0")
-        self.voltage_v = {1: 0.0, 2: 0.0}
-        self.compliance_a = {1: 1e-4, 2: 1e-4}
-        self.output = {1: False, 2: False}
-        self.tripped = {1: False, 2: False}
-        self.commands += (
-            (r":SOUR([12]):FUNC:MODE VOLT", lambda channel: None),
-            (r':SENS([12]):FUNC "CURR"', lambda channel: None),
-            (rf":SENS([12]):CURR:NPLC {NUMBER}", lambda channel, value: None),
-            (rf":SOUR([12]):VOLT {NUMBER}", self._set_voltage),
-            (rf":SENS([12]):CURR:PROT {NUMBER}", self._set_compliance),
-            (r":OUTP([12]) (ON|OFF)", lambda channel, state: self.output.__setitem__(int(channel), state == "ON")),
-            (r":MEAS:CURR\? \(@([12])\)", self._measure),
-            (r":SENS([12]):CURR:PROT:TRIP\?", lambda channel: int(self.tripped[int(channel)])),
-        )
+    def __init__(self, bench, identity: str, channels: int):
+        super().__init__(bench, identity)
+        self.voltage_v = dict.fromkeys(range(1, channels + 1), 0.0)
+        self.compliance_a = dict.fromkeys(range(1, channels + 1), 1e-4)
+        self.output = dict.fromkeys(range(1, channels + 1), False)
+        self.tripped = dict.fromkeys(range(1, channels + 1), False)
 
     def _set_voltage(self, channel: str, value: str) -> None:
         if abs(float(value)) > 21.0:
@@ -122,6 +112,9 @@ class Smu(Instrument):
         else:
             self.compliance_a[int(channel)] = float(value)
 
+    def _set_output(self, channel: str, state: str) -> None:
+        self.output[int(channel)] = state == "ON"
+
     def _measure(self, channel: str) -> str:
         channel = int(channel)
         if not self.output[channel]:
@@ -131,6 +124,53 @@ class Smu(Instrument):
         limit = self.compliance_a[channel]
         self.tripped[channel] = abs(current_a) > limit
         return f"{float(np.clip(current_a, -limit, limit)):+.9E}"
+
+
+class KeysightB2900(Smu):
+    """A two-channel Keysight B2902A; commands name their channel."""
+
+    def __init__(self, bench):
+        super().__init__(bench, "Keysight Technologies,B2902A,EMULATOR,1.0", channels=2)
+        self.commands += (
+            (r":SOUR([12]):FUNC:MODE VOLT", lambda channel: None),
+            (r':SENS([12]):FUNC "CURR"', lambda channel: None),
+            (rf":SENS([12]):CURR:NPLC {NUMBER}", lambda channel, value: None),
+            (rf":SOUR([12]):VOLT {NUMBER}", self._set_voltage),
+            (rf":SENS([12]):CURR:PROT {NUMBER}", self._set_compliance),
+            (r":OUTP([12]) (ON|OFF)", self._set_output),
+            (r":MEAS:CURR\? \(@([12])\)", self._measure),
+            (r":SENS([12]):CURR:PROT:TRIP\?", lambda channel: int(self.tripped[int(channel)])),
+        )
+
+
+class Keithley2400(Smu):
+    """A one-channel Keithley 2400 SourceMeter set to return only the current of each reading."""
+
+    def __init__(self, bench):
+        super().__init__(bench, "KEITHLEY INSTRUMENTS INC.,MODEL 2400,EMULATOR,C32", channels=1)
+        self.elements = "VOLT,CURR,RES,TIME,STAT"
+        self.commands += (
+            (r":SOUR:FUNC VOLT", lambda: None),
+            (r':SENS:FUNC "CURR"', lambda: None),
+            (rf":SENS:CURR:NPLC {NUMBER}", lambda value: None),
+            (r":FORM:ELEM CURR", lambda: setattr(self, "elements", "CURR")),
+            (rf":SOUR:VOLT:LEV {NUMBER}", lambda value: self._set_voltage("1", value)),
+            (rf":SENS:CURR:PROT {NUMBER}", lambda value: self._set_compliance("1", value)),
+            (r":OUTP (ON|OFF)", lambda state: self._set_output("1", state)),
+            (r":MEAS:CURR\?", self._read_current),
+            (r":SENS:CURR:PROT:TRIP\?", lambda: int(self.tripped[1])),
+        )
+
+    def _read_current(self) -> str:
+        current = self._measure("1")
+        if self.elements == "CURR":
+            return current
+        # Without FORM:ELEM CURR a reading lists voltage, current, resistance, time and status.
+        return f"{self.voltage_v[1]:+.6E},{current},+9.910000E+37,+0.000000E+00,+0.000000E+00"
+
+
+#: Emulated SMU of each family in ``visa_commands.SMU_FAMILIES``.
+SMU_EMULATORS = {"keysight-b2900": KeysightB2900, "keithley-2400": Keithley2400}
 
 
 class PulseGenerator(Instrument):
@@ -196,7 +236,8 @@ class SwitchMatrix(Instrument):
 class BenchEmulator:
     """The three emulated instruments of one bench and the simulated array they share."""
 
-    def __init__(self, *, rows: int = 8, cols: int = 8, profile: str = "C4D1", seed: int = 0, host: str = "127.0.0.1"):
+    def __init__(self, *, rows: int = 8, cols: int = 8, profile: str = "C4D1", seed: int = 0, host: str = "127.0.0.1",
+                 smu_family: str = "keysight-b2900"):
         self.simulator = SimulatorDriver(profile, rows=rows, cols=cols, arrays=1, seed=seed)
         self.rows, self.cols = rows, cols
         self.first_col_line = FIRST_ROW_LINE + rows
@@ -206,7 +247,10 @@ class BenchEmulator:
         #: Number of commands received, and the latest ones as (role, command).
         self.command_count = 0
         self.received: deque[tuple[str, str]] = deque(maxlen=RECENT_COMMANDS)
-        self.instruments = {"smu": Smu(self), "pulse": PulseGenerator(self), "switch": SwitchMatrix(self)}
+        if smu_family not in SMU_EMULATORS:
+            raise ConfigError(f"SMU family {smu_family!r} has no emulator: use one of {', '.join(SMU_EMULATORS)}")
+        self.smu_family = smu_family
+        self.instruments = {"smu": SMU_EMULATORS[smu_family](self), "pulse": PulseGenerator(self), "switch": SwitchMatrix(self)}
         for role, instrument in self.instruments.items():
             instrument.role = role
         self._servers = {role: _serve(self, role, host) for role in self.instruments}
@@ -262,7 +306,7 @@ class BenchEmulator:
                       "pulse_width_min_s": PULSE_WIDTH_MIN_S, "pulse_width_max_s": PULSE_WIDTH_MAX_S,
                       "compliance_max_a": COMPLIANCE_MAX_A},
             "visa": {"library": library, "timeout_s": timeout_s},
-            "smu": {"resource": self.resource("smu"), "family": "keysight-b2900", "channel": 1},
+            "smu": {"resource": self.resource("smu"), "family": self.smu_family, "channel": 1},
             "pulse": {"resource": self.resource("pulse"), "family": "keysight-33500b"},
             "switch": {"resource": self.resource("switch"), "family": "keysight-34980a", "slot": SLOT,
                        "first_row_line": FIRST_ROW_LINE, "first_col_line": self.first_col_line,
