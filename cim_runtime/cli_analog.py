@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 
 from cim_runtime.analog import AnalogConfig
 from cim_runtime.analog.config import DRIFT_COMPENSATION, IR_DROP_MODELS, PAIR_SUBTRACTION, READ_NOISE_VARIANCE
 from cim_runtime.analog.evaluate import AnalogRequest
 from cim_runtime.errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 #: Options that only analog mode uses; any of them away from its default needs --mode analog.
 ANALOG_ONLY = ("dac_bits", "adc_bits", "bit_serial", "read_noise", "read_noise_variance", "wire_resistance_ohm", "ir_drop", "pair_subtraction",
@@ -50,7 +53,8 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--drift-compensation", choices=DRIFT_COMPENSATION, default="none",
                        help="output correction from a reference read after drift (default %(default)s)")
     group.add_argument("--compile", action="store_true",
-                       help="fuse DAC, read noise and ADC into compiled loops with torch.compile (needs a C++ compiler)")
+                       help="fuse the DAC (with --dac-bits) and the read noise and ADC (with --adc-bits) into loops "
+                            "compiled by torch.compile (needs a C++ compiler)")
     group.add_argument("--fold-batchnorm", action="store_true",
                        help="fold each batch norm that directly follows a convolution into its weights before mapping "
                             "(default: batch norm stays digital)")
@@ -74,6 +78,9 @@ def check_numbers(args: argparse.Namespace) -> None:
             raise ConfigError(f"{option} {value} is invalid: must be {expected}")
     if args.bit_serial and args.dac_bits is None:
         raise ConfigError("--bit-serial needs --dac-bits N: bit-serial input sends each DAC code bit by bit")
+    if args.compile and (args.adc_bits is None or args.dac_bits is None or args.bit_serial):
+        logger.warning("--compile fuses the DAC only with --dac-bits (without --bit-serial), and the read noise and ADC "
+                       "only with --adc-bits; the other stages of this run are not compiled")
 
 
 def request_from_args(args: argparse.Namespace) -> AnalogRequest | None:
@@ -100,6 +107,16 @@ def request_from_args(args: argparse.Namespace) -> AnalogRequest | None:
                          fold_batchnorm=args.fold_batchnorm, keep_digital=tuple(args.keep_digital))
 
 
+def compiled_label(config: dict) -> str:
+    """Return which fused loops ran, for the printed summary ("" when none did)."""
+    loops = []
+    if config["compile"] and config["dac_bits"] is not None and not config["bit_serial"]:
+        loops.append("DAC")
+    if config["compile"] and config["adc_bits"] is not None:
+        loops.append("ADC")
+    return f", compiled ({' and '.join(loops)})" if loops else ""
+
+
 def summary_lines(summary: dict) -> list[tuple[str, str]]:
     """Lines that the analog mode adds to the printed summary."""
     if summary.get("mode") != "analog":
@@ -122,7 +139,7 @@ def summary_lines(summary: dict) -> list[tuple[str, str]]:
         age = f"{analog['time_since_programming_s']:g} s after programming (drift compensation: {config['drift_compensation']})"
     lines = [
         ("analog", f"DAC {dac}, ADC {resolution(config['adc_bits'])} ({subtraction}), read noise "
-                   f"{100 * config['read_noise_sigma_rel']:.2f} %{noise_variance}, {wires}{', compiled' if config['compile'] else ''}"),
+                   f"{100 * config['read_noise_sigma_rel']:.2f} %{noise_variance}, {wires}{compiled_label(config)}"),
         ("conductance", age),
         ("saturated", f"DAC {100 * analog['dac_saturation']['fraction']:.3f} %, ADC {100 * analog['adc_saturation']['fraction']:.3f} % "
                       "of conversions"),

@@ -113,3 +113,15 @@ def test_analog_from_programmed_state(tmp_path):
                      "--output", str(tmp_path / "drift"), "--no-progress")
     assert result.returncode == 2
     assert "do not apply with --programmed" in result.stderr
+
+
+def test_compile_without_converters_warns(caplog):
+    from cim_runtime.cli import build_parser
+    from cim_runtime.cli_analog import compiled_label, request_from_args
+
+    args = build_parser().parse_args(["infer", "--mode", "analog", "--compile", "--adc-bits", "8"])
+    request = request_from_args(args)
+    assert "not compiled" in caplog.text
+    assert compiled_label(request.config.to_dict()) == ", compiled (ADC)"
+    plain = request_from_args(build_parser().parse_args(["infer", "--mode", "analog"]))
+    assert compiled_label(plain.config.to_dict()) == ""

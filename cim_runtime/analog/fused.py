@@ -1,8 +1,8 @@
 """The analog chain's elementwise stages as ``torch.compile`` loops (``AnalogConfig.compile``).
 
 Two loops run per layer: the DAC (quantize, gather each block set's channels, square) and the ADC
-(read noise, rounding, saturation count and tile sum over each block set). Each replaces several
-passes over memory with one.
+(read noise, rounding, saturation count and tile sum over each block set, then pair subtraction and
+scaling to layer units). Each replaces several passes over memory with one.
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@ Signal chain of one forward pass:
    kernel holds the block's conductances and zeros elsewhere, so no Python loop runs per image,
    window or tile.
 3. Read noise is drawn per output: independent Gaussian cell noise on a column sums to one Gaussian
-   whose variance is ``v**2 @ (sigma * G)**2``, one more convolution.
+   whose variance is ``v**2 @ (sigma * G)**2``. That is one more convolution, or with the
+   column-mean variance, the row power of each block times each column's mean ``(sigma * G)**2``.
 4. The ADC digitizes each tile's column currents (the pair current ``I+ - I-``, or each column
    before a digital subtraction). Tile partial results are then summed digitally.
 5. The sum is scaled back to layer units (weight per siemens, input per volt), multiplied by the
