@@ -124,6 +124,7 @@ class VisaDriver(ArrayDriver):
             self._smu.write_checked(command)
         for command in self._pulse_commands.setup:
             self._pulser.write_checked(command)
+        # Known levels before the output turns on. Between triggers the output rests at 0 V.
         self._set_pulse(self.bench.array.pulse_amplitude_max_v / 2, self.bench.array.pulse_width_min_s)
         self._pulser.write_checked(self._pulse_commands.output_on)
 
