@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from dataclasses import asdict
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -79,15 +80,8 @@ class VisaDriver(ArrayDriver):
             self._close_sessions()
             raise
 
-        limits = bench.array
-        self._info = ArrayInfo(
-            rows=limits.rows, cols=limits.cols, arrays=1,
-            conductance_min_s=limits.conductance_min_s, conductance_max_s=limits.conductance_max_s,
-            read_voltage_max_v=limits.read_voltage_max_v, pulse_amplitude_max_v=limits.pulse_amplitude_max_v,
-            pulse_width_min_s=limits.pulse_width_min_s, pulse_width_max_s=limits.pulse_width_max_s,
-            compliance_max_a=limits.compliance_max_a, default_read_voltage_v=limits.default_read_voltage_v,
-            capabilities=frozenset(), identity=" | ".join(identities),
-        )
+        # The [array] table has the names of ArrayInfo's fields.
+        self._info = ArrayInfo(arrays=1, capabilities=frozenset(), identity=" | ".join(identities), **asdict(bench.array))
 
     def _open(self, manager, resource: str, role: str) -> InstrumentSession:
         session = InstrumentSession(manager, resource, role, self.bench.visa.timeout_s)

@@ -60,7 +60,10 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ArrayLimits:
-    """The ``[array]`` table: geometry of the array under test and the limits of every request."""
+    """The ``[array]`` table: geometry of the array under test and the limits of every request.
+
+    The names and units are those of :class:`~cim_runtime.driver.base.ArrayInfo`, which documents them.
+    """
 
     rows: int
     cols: int
