@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import re
 import socket
 import time
 from importlib.resources import files
@@ -87,8 +88,20 @@ def test_one_pulse_per_row_and_setting(bench, driver):
     assert len(triggers) == 2 * ROWS
 
 
+def test_floating_lines_add_sneak_currents(bench, tmp_path):
+    path = tmp_path / "floating.toml"
+    path.write_text(bench.path.read_text().replace('unselected = "ground"', 'unselected = "float"'))
+    rows, cols = grid()
+    truth = bench.simulator.true_conductance_s(0)
+    with open_driver(f"visa://?bench={path}") as floating:
+        measured = floating.read(rows, cols)
+    # Each reading adds paths through three other cells in series, so every cell reads far too high.
+    assert np.all(measured > 2 * truth)
+
+
 def test_keithley_2400_bench(tmp_path):
-    with BenchEmulator(rows=3, cols=3, seed=4, smu_family="keithley-2400") as emulator:
+    # One channel cannot hold the unselected lines, so this array has selectors (no sneak paths).
+    with BenchEmulator(rows=3, cols=3, seed=4, smu_family="keithley-2400", sneak_paths=False) as emulator:
         path = emulator.bench_file(tmp_path / "k2400.toml", timeout_s=0.5)
         with open_driver(f"visa://?bench={path}") as driver:
             assert "MODEL 2400" in driver.info().identity
@@ -214,7 +227,7 @@ def test_instrument_errors_are_raised_with_their_source(bench, driver):
 def test_compliance_is_reported(bench, tmp_path):
     # The cells conduct above 1 mS, so at 0.1 V they pass more than 0.1 mA.
     path = tmp_path / "low.toml"
-    path.write_text(bench.path.read_text().replace("compliance_max_a = 0.01", "compliance_max_a = 0.0001"))
+    path.write_text(re.sub(r"compliance_max_a = .*", "compliance_max_a = 0.0001", bench.path.read_text()))
     with open_driver(f"visa://?bench={path}") as driver:
         with pytest.raises(ComplianceReachedError, match="row 0, column 0 at 0.1 V reached the compliance of 0.0001 A"):
             driver.read([0], [0])

@@ -6,9 +6,13 @@ the path as ``%2B``, because a URL query reads ``+`` as a space.
 
 How each operation runs, one cell or one row at a time:
 
-* **read**: with the SMU at 0 V, the switch connects the cell's row to the SMU bus and its column to
-  the ground bus. The SMU then forces the read voltage, measures the current and returns to 0 V.
-  The conductance is current over voltage. A reading at the compliance current is an error.
+* **read**: with the SMU at 0 V, the switch connects the cell's row to the SMU bus. The SMU then
+  forces the read voltage, measures the current and returns to 0 V; the conductance is current over
+  voltage. With ``unselected = "float"`` the cell's column goes to the ground bus, every other line
+  floats, and the force channel measures. In a passive array, current then also flows through sneak
+  paths of other cells. With ``unselected = "ground"`` the column goes to the sense bus, which a
+  second SMU channel keeps at 0 V while it measures. Every other line is grounded, so no other cell
+  adds to the column's current. A reading at the compliance current is an error.
 * **pulse**: cells on one row that get the same amplitude and width share one pulse. With every
   crosspoint open, the generator takes the pulse's levels and width. Then the row goes to the pulse
   bus and the cells' columns to the ground bus, and the generator fires once.
@@ -114,6 +118,11 @@ class VisaDriver(ArrayDriver):
         commands = [command.format(channel=channel) for command in smu.setup]
         commands += [smu.compliance.format(channel=channel, compliance_a=self.bench.array.compliance_max_a),
                      smu.source_voltage.format(channel=channel, voltage_v=0.0), smu.output_on.format(channel=channel)]
+        if self.bench.switch.unselected == "ground":
+            sense = self.bench.smu.sense_channel
+            commands += [command.format(channel=sense) for command in smu.setup]
+            commands += [smu.compliance.format(channel=sense, compliance_a=self.bench.array.compliance_max_a),
+                         smu.source_voltage.format(channel=sense, voltage_v=0.0), smu.output_on.format(channel=sense)]
         for command in commands:
             self._smu.write_checked(command)
         for command in self._pulse_commands.setup:
@@ -155,22 +164,47 @@ class VisaDriver(ArrayDriver):
 
     def _read_cells(self, rows, cols, read_voltage_v) -> np.ndarray:
         smu, channel = self._smu_commands, self.bench.smu.channel
-        compliance_a = self.bench.array.compliance_max_a
+        grounded = self.bench.switch.unselected == "ground"
+        # The sense channel sinks the cell's current, so its reading has the opposite sign.
+        measured, sign = (self.bench.smu.sense_channel, -1.0) if grounded else (channel, 1.0)
         conductance_s = np.empty(rows.shape, dtype=np.float64)
         for index, (row, col) in enumerate(zip(rows.ravel(), cols.ravel())):
             # NOTE: one cell per measurement, with the SMU at 0 V while the relays move.
-            self._route(self.bench.switch.smu_bus, [row], [col])
+            self._route_read(int(row), int(col))
             self._smu.write(smu.source_voltage.format(channel=channel, voltage_v=read_voltage_v))
-            current_a = self._smu.query_float(smu.measure_current.format(channel=channel))
+            current_a = self._smu.query_float(smu.measure_current.format(channel=measured))
             self._smu.write(smu.source_voltage.format(channel=channel, voltage_v=0.0))
-            if abs(current_a) >= COMPLIANCE_SHARE * compliance_a and self._smu.query_float(smu.in_compliance.format(channel=channel)):
-                raise ComplianceReachedError(
-                    f"reading row {row}, column {col} at {read_voltage_v:g} V reached the compliance of {compliance_a:g} A: "
-                    "the cell conducts more than the bench file's compliance_max_a allows, so read at a lower voltage")
-            conductance_s.flat[index] = current_a / read_voltage_v
+            self._check_read_compliance(measured, current_a, row, col, read_voltage_v)
+            if grounded:
+                # The force channel feeds every cell of the row; a limited force voltage spoils the reading.
+                self._check_read_compliance(channel, None, row, col, read_voltage_v)
+            conductance_s.flat[index] = sign * current_a / read_voltage_v
         self._switch.write(self._switch_commands.open_all)
         self._raise_queued_errors()
         return conductance_s
+
+    def _route_read(self, row: int, col: int) -> None:
+        """Route one cell for a read, with the other lines floating or grounded as set in the bench file."""
+        switch = self.bench.switch
+        if switch.unselected == "float":
+            self._route(switch.smu_bus, [row], [col])
+            return
+        channels = [self._channel(switch.smu_bus, switch.first_row_line + row), self._channel(switch.sense_bus, switch.first_col_line + col)]
+        channels += [self._channel(switch.ground_bus, switch.first_row_line + other) for other in range(self._info.rows) if other != row]
+        channels += [self._channel(switch.ground_bus, switch.first_col_line + other) for other in range(self._info.cols) if other != col]
+        self._switch.write(self._switch_commands.open_all)
+        self._switch.write(self._switch_commands.close.format(channels=",".join(channels)))
+        self._switch.query(WAIT_COMPLETE)
+
+    def _check_read_compliance(self, channel: int, current_a: float | None, row, col, read_voltage_v: float) -> None:
+        """Raise if ``channel`` hit its compliance. With ``current_a`` None, query the SMU without first checking a reading."""
+        compliance_a = self.bench.array.compliance_max_a
+        if current_a is not None and abs(current_a) < COMPLIANCE_SHARE * compliance_a:
+            return
+        if self._smu.query_float(self._smu_commands.in_compliance.format(channel=channel)):
+            raise ComplianceReachedError(
+                f"reading row {row}, column {col} at {read_voltage_v:g} V reached the compliance of {compliance_a:g} A on SMU "
+                f"channel {channel}: the cells conduct more than the bench file's compliance_max_a allows, so read at a lower voltage")
 
     def _pulse(self, array, rows, cols, amplitude_v, width_s):
         flat = rows.ravel() * self._info.cols + cols.ravel()
@@ -252,7 +286,9 @@ class VisaDriver(ArrayDriver):
         steps = [(self._smu, smu.source_voltage.format(channel=channel, voltage_v=0.0)),
                  (self._switch, self._switch_commands.open_all)]
         if output_off:
-            steps += [(self._smu, smu.output_off.format(channel=channel)), (self._pulser, self._pulse_commands.output_off)]
+            channels = [channel] + ([self.bench.smu.sense_channel] if self.bench.switch.unselected == "ground" else [])
+            steps += [(self._smu, smu.output_off.format(channel=number)) for number in channels]
+            steps += [(self._pulser, self._pulse_commands.output_off)]
         for session, command in steps:
             try:
                 session.write(command)

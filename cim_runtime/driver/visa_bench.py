@@ -36,6 +36,13 @@ A bench file is TOML with five tables; every key is checked and unknown keys are
     smu_bus = 1
     pulse_bus = 2
     ground_bus = 3
+    unselected = "ground"         # or "float"; see below
+    sense_bus = 4                 # with "ground": the bus of the SMU's sense channel
+
+With ``unselected = "ground"`` a read grounds every line but the cell's own, and a second SMU
+channel (``[smu] sense_channel``, default 2) keeps the cell's column at 0 V and measures its
+current, so sneak paths through other cells add nothing. With ``"float"`` (the default, for
+one-channel SMUs) the other lines are left open, which suits arrays with selector devices.
 
 ``first_col_line`` is required. A relative pyvisa-sim file in ``library`` is found beside the bench
 file. The limits in ``[array]`` are those of the device under test. They must also lie within what the
@@ -90,6 +97,8 @@ class SmuSettings:
     resource: str
     family: str
     channel: int = 1
+    #: Channel that keeps the read column at 0 V and measures its current, with ``unselected = "ground"``.
+    sense_channel: int = 2
 
 
 @dataclass(frozen=True)
@@ -108,6 +117,15 @@ class SwitchSettings:
     smu_bus: int = 1
     pulse_bus: int = 2
     ground_bus: int = 3
+    #: Bus of the SMU's sense channel, with ``unselected = "ground"``.
+    sense_bus: int = 4
+    #: What the lines of other cells do during a read: ``float`` (open), or ``ground`` (tied to the
+    #: ground bus, with the current measured at the read column by the sense channel).
+    unselected: str = "float"
+
+
+#: Read schemes of ``[switch] unselected``.
+UNSELECTED_LINES = ("float", "ground")
 
 
 @dataclass(frozen=True)
@@ -219,6 +237,11 @@ def _check_instrument_limits(bench: BenchConfig, source: str) -> None:
     array = bench.array
     if not 1 <= bench.smu.channel <= smu.channels:
         raise ConfigError(f"channel={bench.smu.channel} in [smu] of {source} is invalid: a {bench.smu.family} has channels 1 to {smu.channels}")
+    grounded = bench.switch.unselected == "ground"
+    if grounded and (not 1 <= bench.smu.sense_channel <= smu.channels or bench.smu.sense_channel == bench.smu.channel):
+        raise ConfigError(f"sense_channel={bench.smu.sense_channel} in [smu] of {source} is invalid: unselected = \"ground\" needs a "
+                          f"second channel of the {bench.smu.family} (channels 1 to {smu.channels}, other than channel="
+                          f"{bench.smu.channel}); use unselected = \"float\" with a one-channel SMU")
     for name, value, limit, instrument in (
             ("read_voltage_max_v", array.read_voltage_max_v, smu.voltage_max_v, bench.smu.family),
             ("compliance_max_a", array.compliance_max_a, smu.current_max_a, bench.smu.family),
@@ -237,10 +260,12 @@ def _check_wiring(bench: BenchConfig, source: str) -> None:
     array, switch = bench.array, bench.switch
     if not 1 <= switch.slot <= matrix.max_slot:
         raise ConfigError(f"slot={switch.slot} in [switch] of {source} is invalid: a {switch.family} has slots 1 to {matrix.max_slot}")
-    buses = (switch.smu_bus, switch.pulse_bus, switch.ground_bus)
-    if len(set(buses)) != 3 or not all(1 <= bus <= matrix.max_bus for bus in buses):
-        raise ConfigError(f"smu_bus, pulse_bus and ground_bus in {source} must be three different buses from 1 to "
-                          f"{matrix.max_bus}, got {buses}")
+    if switch.unselected not in UNSELECTED_LINES:
+        raise ConfigError(f"unselected={switch.unselected!r} in [switch] of {source} is invalid: use \"float\" or \"ground\"")
+    names = ("smu_bus", "pulse_bus", "ground_bus") + (("sense_bus",) if switch.unselected == "ground" else ())
+    buses = tuple(getattr(switch, name) for name in names)
+    if len(set(buses)) != len(buses) or not all(1 <= bus <= matrix.max_bus for bus in buses):
+        raise ConfigError(f"{', '.join(names)} in {source} must be different buses from 1 to {matrix.max_bus}, got {buses}")
     rows = range(switch.first_row_line, switch.first_row_line + array.rows)
     cols = range(switch.first_col_line, switch.first_col_line + array.cols)
     for name, lines in (("rows", rows), ("columns", cols)):

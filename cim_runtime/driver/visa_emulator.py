@@ -10,8 +10,10 @@ The command parsers here are written from the instruments' manuals, apart from t
 unknown command, or a value an instrument would refuse, goes to that instrument's error queue
 (``SYST:ERR?``), as on the real one. Nothing is clipped.
 
-The emulator models no sneak paths: only cells whose row is on the source bus and whose column is on
-the ground bus conduct. Instruments named in ``muted`` stop replying, for timeout tests.
+The array is passive by default: lines on no bus float, and current flows through every
+cell by Kirchhoff's laws (``crossbar_network``), sneak paths included. ``sneak_paths=False`` models
+selector devices instead, where cells on a floating line carry no current. Instruments named in
+``muted`` stop replying, for timeout tests.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import tomli_w
 
+from cim_runtime.driver.crossbar_network import line_currents
 from cim_runtime.driver.simulator import PULSE_AMPLITUDE_MAX_V, READ_VOLTAGE_MAX_V, SimulatorDriver
 from cim_runtime.errors import CimError, ConfigError
 from cim_runtime.files import atomic_write
@@ -41,14 +44,16 @@ OUT_OF_RANGE = (-222, "Data out of range")
 SETTINGS_CONFLICT = (-221, "Settings conflict")
 
 #: Wiring of the emulated bench: matrix slot, first matrix line of the rows, and the bus of each role.
-SLOT, FIRST_ROW_LINE, SMU_BUS, PULSE_BUS, GROUND_BUS = 1, 1, 1, 2, 3
+SLOT, FIRST_ROW_LINE, SMU_BUS, PULSE_BUS, GROUND_BUS, SENSE_BUS = 1, 1, 1, 2, 3, 4
+#: Bus of each SMU channel: channel 1 forces the read voltage, channel 2 senses at a column.
+CHANNEL_BUS = {1: SMU_BUS, 2: SENSE_BUS}
 #: Commands kept in :attr:`BenchEmulator.received`, and the longest command line, in bytes.
 RECENT_COMMANDS = 10000
 MAX_LINE_BYTES = 65536
 #: How long a new client waits for the previous one to leave, in seconds.
 HANDOVER_S = 1.0
 #: Limits the emulated instruments share with the simulator behind them.
-PULSE_WIDTH_MIN_S, PULSE_WIDTH_MAX_S, COMPLIANCE_MAX_A = 1e-6, 1e-2, 1e-2
+PULSE_WIDTH_MIN_S, PULSE_WIDTH_MAX_S, COMPLIANCE_MAX_A = 1e-6, 1e-2, 1.0
 
 
 class Instrument:
@@ -120,7 +125,7 @@ class Smu(Instrument):
         if not self.output[channel]:
             self.fail(SETTINGS_CONFLICT, self.command)
             return NOT_A_NUMBER
-        current_a = self.bench.source_current_a(self.voltage_v[channel])
+        current_a = self.bench.channel_current_a(channel)
         limit = self.compliance_a[channel]
         self.tripped[channel] = abs(current_a) > limit
         return f"{float(np.clip(current_a, -limit, limit)):+.9E}"
@@ -237,9 +242,11 @@ class BenchEmulator:
     """The three emulated instruments of one bench and the simulated array they share."""
 
     def __init__(self, *, rows: int = 8, cols: int = 8, profile: str = "C4D1", seed: int = 0, host: str = "127.0.0.1",
-                 smu_family: str = "keysight-b2900"):
+                 smu_family: str = "keysight-b2900", sneak_paths: bool = True):
         self.simulator = SimulatorDriver(profile, rows=rows, cols=cols, arrays=1, seed=seed)
         self.rows, self.cols = rows, cols
+        #: Whether floating lines conduct (a passive array); False models selector devices.
+        self.sneak_paths = sneak_paths
         self.first_col_line = FIRST_ROW_LINE + rows
         self.lock = threading.Lock()
         #: Roles ("smu", "pulse", "switch") whose instruments run commands but never reply, for timeout tests.
@@ -269,14 +276,38 @@ class BenchEmulator:
         grid_rows, grid_cols = np.meshgrid(rows, cols, indexing="ij")
         return grid_rows.ravel(), grid_cols.ravel()
 
-    def source_current_a(self, voltage_v: float) -> float:
-        """Current the SMU bus sources at ``voltage_v`` into the cells routed between it and ground."""
-        rows, cols = self._routed_cells(SMU_BUS)
-        if voltage_v == 0 or rows.size == 0:
-            return 0.0
-        if abs(voltage_v) > READ_VOLTAGE_MAX_V:
-            raise CimError(f"{voltage_v} V on the array would disturb its cells")
-        return float(voltage_v * self.simulator.read(rows, cols, read_voltage_v=abs(voltage_v)).sum())
+    def _bus_voltages(self) -> dict[int, float]:
+        """Voltage of each bus that a source holds; a bus whose source is off floats (absent)."""
+        smu, pulse = self.instruments["smu"], self.instruments["pulse"]
+        voltages = {GROUND_BUS: 0.0}
+        for channel, bus in CHANNEL_BUS.items():
+            if smu.output.get(channel):
+                voltages[bus] = smu.voltage_v[channel]
+        if pulse.output:
+            voltages[PULSE_BUS] = 0.0
+        return voltages
+
+    def channel_current_a(self, channel: int) -> float:
+        """Current that SMU ``channel`` sources into the array, through every routed line and, where lines float, sneak paths."""
+        buses = self._bus_voltages()
+        row_v, col_v = np.full(self.rows, np.nan), np.full(self.cols, np.nan)
+        row_bus, col_bus = np.zeros(self.rows, dtype=int), np.zeros(self.cols, dtype=int)
+        for bus, line in self.instruments["switch"].closed:
+            if bus in buses and FIRST_ROW_LINE <= line < FIRST_ROW_LINE + self.rows:
+                row_v[line - FIRST_ROW_LINE], row_bus[line - FIRST_ROW_LINE] = buses[bus], bus
+            elif bus in buses and self.first_col_line <= line < self.first_col_line + self.cols:
+                col_v[line - self.first_col_line], col_bus[line - self.first_col_line] = buses[bus], bus
+        largest_v = float(np.nanmax(np.abs(np.concatenate([row_v, col_v, [0.0]]))))
+        if largest_v > READ_VOLTAGE_MAX_V:
+            raise CimError(f"{largest_v} V on the array would disturb its cells")
+        rows, cols = np.meshgrid(np.arange(self.rows), np.arange(self.cols), indexing="ij")
+        conductance_s = self.simulator.read(rows, cols, read_voltage_v=largest_v or 0.1)
+        if not self.sneak_paths:
+            # Selector devices: cells on a floating line carry no current.
+            conductance_s = conductance_s * ~np.isnan(row_v)[:, None] * ~np.isnan(col_v)[None, :]
+        row_a, col_a = line_currents(conductance_s, row_v, col_v)
+        bus = CHANNEL_BUS[channel]
+        return float(row_a[row_bus == bus].sum() + col_a[col_bus == bus].sum())
 
     def apply_pulse(self, amplitude_v: float, width_s: float) -> None:
         """Apply one pulse to every cell routed between the pulse bus and ground."""
@@ -299,23 +330,32 @@ class BenchEmulator:
     def bench_file(self, path: str | Path, *, timeout_s: float = 5.0, library: str = "@py") -> Path:
         """Write a bench file that points the VISA backend at these instruments; return its path."""
         info = self.simulator.info()
+        # With two SMU channels, the bench reads with unselected lines grounded, which shuts out sneak paths.
+        grounded = len(self.instruments["smu"].output) > 1
         bench = {
             "array": {"rows": self.rows, "cols": self.cols, "conductance_min_s": float(f"{info.conductance_min_s:.6g}"),
                       "conductance_max_s": float(f"{info.conductance_max_s:.6g}"), "read_voltage_max_v": READ_VOLTAGE_MAX_V,
                       "default_read_voltage_v": info.default_read_voltage_v, "pulse_amplitude_max_v": PULSE_AMPLITUDE_MAX_V,
                       "pulse_width_min_s": PULSE_WIDTH_MIN_S, "pulse_width_max_s": PULSE_WIDTH_MAX_S,
-                      "compliance_max_a": COMPLIANCE_MAX_A},
+                      "compliance_max_a": self.compliance_a(info.conductance_max_s)},
             "visa": {"library": library, "timeout_s": timeout_s},
-            "smu": {"resource": self.resource("smu"), "family": self.smu_family, "channel": 1},
+            "smu": {"resource": self.resource("smu"), "family": self.smu_family, "channel": 1,
+                    "sense_channel": 2 if grounded else 1},
             "pulse": {"resource": self.resource("pulse"), "family": "keysight-33500b"},
             "switch": {"resource": self.resource("switch"), "family": "keysight-34980a", "slot": SLOT,
                        "first_row_line": FIRST_ROW_LINE, "first_col_line": self.first_col_line,
-                       "smu_bus": SMU_BUS, "pulse_bus": PULSE_BUS, "ground_bus": GROUND_BUS},
+                       "smu_bus": SMU_BUS, "pulse_bus": PULSE_BUS, "ground_bus": GROUND_BUS, "sense_bus": SENSE_BUS,
+                       "unselected": "ground" if grounded else "float"},
         }
         path = Path(path)
         text = tomli_w.dumps(bench)
         atomic_write(path, lambda temporary: Path(temporary).write_text(text, encoding="utf-8"))
         return path
+
+    def compliance_a(self, conductance_max_s: float) -> float:
+        """Return a compliance current that a read of a whole row at the largest read voltage stays below."""
+        row_a = self.cols * conductance_max_s * READ_VOLTAGE_MAX_V
+        return float(f"{min(COMPLIANCE_MAX_A, max(1e-2, 2 * row_a)):.3g}")
 
     def start(self) -> "BenchEmulator":
         for server in self._servers.values():
