@@ -47,7 +47,7 @@ def eventually(condition, within_s: float = 3.0) -> bool:
 
 def bench_is_safe(bench) -> bool:
     smu = bench.instruments["smu"]
-    return smu.voltage_v[1] == 0.0 and not smu.output[1] and not bench.instruments["switch"].closed
+    return smu.voltage_v[1] == 0.0 and not any(smu.output.values()) and not bench.instruments["switch"].closed
 
 
 def grid():
@@ -100,8 +100,9 @@ def test_floating_lines_add_sneak_currents(bench, tmp_path):
 
 
 def test_keithley_2400_bench(tmp_path):
-    # One channel cannot hold the unselected lines, so this array has selectors (no sneak paths).
-    with BenchEmulator(rows=3, cols=3, seed=4, smu_family="keithley-2400", sneak_paths=False) as emulator:
+    # One channel cannot hold the unselected lines, so the emulated array has selectors (no sneak paths).
+    with BenchEmulator(rows=3, cols=3, seed=4, smu_family="keithley-2400") as emulator:
+        assert not emulator.sneak_paths
         path = emulator.bench_file(tmp_path / "k2400.toml", timeout_s=0.5)
         with open_driver(f"visa://?bench={path}") as driver:
             assert "MODEL 2400" in driver.info().identity
@@ -134,6 +135,34 @@ def test_limits_are_checked_before_sending(bench, driver, request_call, message)
     with pytest.raises(LimitError, match=message):
         request_call(driver)
     assert bench.command_count == sent
+
+
+def test_force_channel_compliance_is_reported(bench, tmp_path):
+    # Each cell passes about 0.15 to 0.34 mA at 0.1 V, and the force channel feeds a whole row of 5.
+    path = tmp_path / "row.toml"
+    path.write_text(re.sub(r"compliance_max_a = .*", "compliance_max_a = 0.0007", bench.path.read_text()))
+    with open_driver(f"visa://?bench={path}") as driver:
+        with pytest.raises(ComplianceReachedError, match="SMU channel 1"):
+            driver.read([0], [0])
+
+
+def test_failed_setup_turns_outputs_off(bench):
+    # The pulse generator rejects its last set-up command, after the SMU outputs are on.
+    generator = bench.instruments["pulse"]
+    generator.commands = tuple(entry for entry in generator.commands if entry[0] != re.escape("TRIG:SOUR BUS"))
+    with pytest.raises(DeviceReportedError, match="TRIG:SOUR BUS"):
+        open_driver(f"visa://?bench={bench.path}")
+    assert eventually(lambda: bench_is_safe(bench))
+
+
+def test_line_on_two_buses_is_a_short(bench):
+    bench.handle("switch", "ROUT:CLOS (@1101,1301)")
+    bench.handle("smu", ":OUTP1 ON")
+    bench.handle("smu", ":SOUR1:VOLT 0.1")
+    bench.handle("smu", ":MEAS:CURR? (@1)")
+    code, text = bench.instruments["smu"].errors[-1]
+    assert code == -200
+    assert "short" in text
 
 
 def test_pulse_compliance_rejected(bench, driver):
@@ -239,6 +268,7 @@ def test_close_leaves_the_bench_safe(bench):
     driver.close()
     driver.close()
     assert not bench.instruments["smu"].output[1]
+    assert not bench.instruments["smu"].output[2]
     assert not bench.instruments["pulse"].output
     assert not bench.instruments["switch"].closed
     with pytest.raises(ConfigError, match="closed"):

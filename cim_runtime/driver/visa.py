@@ -20,8 +20,8 @@ How each operation runs, one cell or one row at a time:
   read voltages. Use readback mode or a backend with the ``analog_mvm`` capability.
 
 Every request is checked against the bench file's limits before any command goes out. Each batch
-of operations ends with a read of every instrument's error queue. When an instrument stops
-answering or the link fails, the driver sets the bench safe as far as it can and closes itself.
+of operations ends with a read of every instrument's error queue. When an instrument times out or
+the link fails, the driver sets the bench safe as far as it can and closes itself.
 """
 
 from __future__ import annotations
@@ -79,7 +79,12 @@ class VisaDriver(ArrayDriver):
             identities = [self._smu.identify(self._smu_commands.identity, bench.smu.family),
                           self._pulser.identify(self._pulse_commands.identity, bench.pulse.family),
                           self._switch.identify(self._switch_commands.identity, bench.switch.family)]
-            self._configure()
+            try:
+                self._configure()
+            except BaseException:
+                # Configuration may have turned outputs on before it failed.
+                self._make_safe(output_off=True)
+                raise
         except BaseException:
             self._close_sessions()
             raise
@@ -173,11 +178,13 @@ class VisaDriver(ArrayDriver):
             self._route_read(int(row), int(col))
             self._smu.write(smu.source_voltage.format(channel=channel, voltage_v=read_voltage_v))
             current_a = self._smu.query_float(smu.measure_current.format(channel=measured))
+            if grounded:
+                # The force channel feeds every cell of the row. Its compliance could hold the voltage
+                # down and spoil the reading, so that channel is measured too.
+                force_a = self._smu.query_float(smu.measure_current.format(channel=channel))
+                self._check_read_compliance(channel, force_a, row, col, read_voltage_v)
             self._smu.write(smu.source_voltage.format(channel=channel, voltage_v=0.0))
             self._check_read_compliance(measured, current_a, row, col, read_voltage_v)
-            if grounded:
-                # The force channel feeds every cell of the row; a limited force voltage spoils the reading.
-                self._check_read_compliance(channel, None, row, col, read_voltage_v)
             conductance_s.flat[index] = sign * current_a / read_voltage_v
         self._switch.write(self._switch_commands.open_all)
         self._raise_queued_errors()
@@ -196,10 +203,10 @@ class VisaDriver(ArrayDriver):
         self._switch.write(self._switch_commands.close.format(channels=",".join(channels)))
         self._switch.query(WAIT_COMPLETE)
 
-    def _check_read_compliance(self, channel: int, current_a: float | None, row, col, read_voltage_v: float) -> None:
-        """Raise if ``channel`` hit its compliance. With ``current_a`` None, query the SMU without first checking a reading."""
+    def _check_read_compliance(self, channel: int, current_a: float, row, col, read_voltage_v: float) -> None:
+        """Raise if the reading ``current_a`` of ``channel`` is at the compliance and the SMU reports that it was limiting."""
         compliance_a = self.bench.array.compliance_max_a
-        if current_a is not None and abs(current_a) < COMPLIANCE_SHARE * compliance_a:
+        if abs(current_a) < COMPLIANCE_SHARE * compliance_a:
             return
         if self._smu.query_float(self._smu_commands.in_compliance.format(channel=channel)):
             raise ComplianceReachedError(
@@ -281,7 +288,7 @@ class VisaDriver(ArrayDriver):
     # Shutdown.
 
     def _make_safe(self, output_off: bool = False) -> None:
-        """Set the SMU to 0 V, open every crosspoint and, with ``output_off``, turn both outputs off; log what fails."""
+        """Set the SMU to 0 V, open every crosspoint and, with ``output_off``, turn every output off; log what fails."""
         smu, channel = self._smu_commands, self.bench.smu.channel
         steps = [(self._smu, smu.source_voltage.format(channel=channel, voltage_v=0.0)),
                  (self._switch, self._switch_commands.open_all)]

@@ -18,7 +18,7 @@ A bench file is TOML with five tables; every key is checked and unknown keys are
     library = "@py"               # pyvisa-py; "FILE.yaml@sim" for pyvisa-sim; "" for the system VISA
     timeout_s = 5.0               # deadline of every instrument reply
 
-    [smu]                         # forces the read voltage on one row and measures its current
+    [smu]                         # forces the read voltage on one row; measures there or at the column
     resource = "TCPIP0::127.0.0.1::5025::SOCKET"
     family = "keysight-b2900"
     channel = 1
@@ -200,10 +200,12 @@ def _check_instruments(bench: BenchConfig, source: str) -> None:
     if not low <= bench.visa.timeout_s <= high:
         raise ConfigError(f"timeout_s={bench.visa.timeout_s!r} in [visa] of {source} is invalid: must be between {low:g} and {high:g} s")
     array = bench.array
-    if array.conductance_max_s * array.default_read_voltage_v > array.compliance_max_a:
-        logger.warning("in %s, a cell at conductance_max_s read at default_read_voltage_v passes %g A, above compliance_max_a=%g A: "
-                       "such reads will stop at the compliance", source, array.conductance_max_s * array.default_read_voltage_v,
-                       array.compliance_max_a)
+    # With grounded unselected lines, the force channel feeds every cell of the row.
+    cells = array.cols if bench.switch.unselected == "ground" else 1
+    largest_a = cells * array.conductance_max_s * array.default_read_voltage_v
+    if largest_a > array.compliance_max_a:
+        logger.warning("in %s, %d cell(s) at conductance_max_s read at default_read_voltage_v pass %g A, above compliance_max_a=%g A: "
+                       "such reads will stop at the compliance", source, cells, largest_a, array.compliance_max_a)
 
 
 def _check_resources(bench: BenchConfig, source: str) -> None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class SmuCommands:
-    """Commands of an SMU channel that forces the read voltage on a row and measures the current it sources."""
+    """Commands of an SMU whose channels force a voltage and measure the current they source (or sink)."""
 
     #: Text the ``*IDN?`` reply must contain.
     identity: str

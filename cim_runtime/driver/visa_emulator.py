@@ -3,16 +3,18 @@
 Each instrument listens on its own port of 127.0.0.1 and speaks line-terminated SCPI, as a LAN
 instrument's raw socket does, so pyvisa-py reaches it as ``TCPIP0::127.0.0.1::PORT::SOCKET``. All
 three share one simulated array (:class:`~cim_runtime.driver.simulator.SimulatorDriver`): the switch
-matrix decides which cells the SMU's voltage and the generator's pulses reach.
+matrix decides which lines the SMU channels, the generator and ground hold, and so which cells the
+pulses reach and where the read currents flow.
 
 The command parsers here are written from the instruments' manuals, apart from the tables in
 ``visa_commands``, so the tests check the tables against a second reading of the same manuals. An
 unknown command, or a value an instrument would refuse, goes to that instrument's error queue
 (``SYST:ERR?``), as on the real one. Nothing is clipped.
 
-The array is passive by default: lines on no bus float, and current flows through every
-cell by Kirchhoff's laws (``crossbar_network``), sneak paths included. ``sneak_paths=False`` models
-selector devices instead, where cells on a floating line carry no current. Instruments named in
+With a two-channel SMU the array is passive: lines on no bus float, and current flows through
+every cell by Kirchhoff's laws (``crossbar_network``), sneak paths included. With a one-channel SMU,
+which cannot read such an array, the array has selector devices (``sneak_paths=False``): cells on
+a floating line carry no current. Instruments named in
 ``muted`` stop replying, for timeout tests.
 """
 
@@ -242,10 +244,11 @@ class BenchEmulator:
     """The three emulated instruments of one bench and the simulated array they share."""
 
     def __init__(self, *, rows: int = 8, cols: int = 8, profile: str = "C4D1", seed: int = 0, host: str = "127.0.0.1",
-                 smu_family: str = "keysight-b2900", sneak_paths: bool = True):
+                 smu_family: str = "keysight-b2900", sneak_paths: bool | None = None):
         self.simulator = SimulatorDriver(profile, rows=rows, cols=cols, arrays=1, seed=seed)
         self.rows, self.cols = rows, cols
-        #: Whether floating lines conduct (a passive array); False models selector devices.
+        #: Whether floating lines conduct (a passive array); False models selector devices. By default
+        #: the array is passive where the SMU can sense at the column (two channels), else it has selectors.
         self.sneak_paths = sneak_paths
         self.first_col_line = FIRST_ROW_LINE + rows
         self.lock = threading.Lock()
@@ -258,6 +261,8 @@ class BenchEmulator:
             raise ConfigError(f"SMU family {smu_family!r} has no emulator: use one of {', '.join(SMU_EMULATORS)}")
         self.smu_family = smu_family
         self.instruments = {"smu": SMU_EMULATORS[smu_family](self), "pulse": PulseGenerator(self), "switch": SwitchMatrix(self)}
+        if self.sneak_paths is None:
+            self.sneak_paths = len(self.instruments["smu"].output) > 1
         for role, instrument in self.instruments.items():
             instrument.role = role
         self._servers = {role: _serve(self, role, host) for role in self.instruments}
@@ -292,11 +297,18 @@ class BenchEmulator:
         buses = self._bus_voltages()
         row_v, col_v = np.full(self.rows, np.nan), np.full(self.cols, np.nan)
         row_bus, col_bus = np.zeros(self.rows, dtype=int), np.zeros(self.cols, dtype=int)
-        for bus, line in self.instruments["switch"].closed:
-            if bus in buses and FIRST_ROW_LINE <= line < FIRST_ROW_LINE + self.rows:
-                row_v[line - FIRST_ROW_LINE], row_bus[line - FIRST_ROW_LINE] = buses[bus], bus
-            elif bus in buses and self.first_col_line <= line < self.first_col_line + self.cols:
-                col_v[line - self.first_col_line], col_bus[line - self.first_col_line] = buses[bus], bus
+        for bus, line in sorted(self.instruments["switch"].closed):
+            if bus not in buses:
+                continue
+            if FIRST_ROW_LINE <= line < FIRST_ROW_LINE + self.rows:
+                voltages, owners, index = row_v, row_bus, line - FIRST_ROW_LINE
+            elif self.first_col_line <= line < self.first_col_line + self.cols:
+                voltages, owners, index = col_v, col_bus, line - self.first_col_line
+            else:
+                continue
+            if owners[index]:
+                raise CimError(f"matrix line {line} joins buses {owners[index]} and {bus}, a short between their sources")
+            voltages[index], owners[index] = buses[bus], bus
         largest_v = float(np.nanmax(np.abs(np.concatenate([row_v, col_v, [0.0]]))))
         if largest_v > READ_VOLTAGE_MAX_V:
             raise CimError(f"{largest_v} V on the array would disturb its cells")
