@@ -7,6 +7,7 @@ import re
 import socket
 import time
 from importlib.resources import files
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -50,6 +51,13 @@ def bench_is_safe(bench) -> bool:
     return smu.voltage_v[1] == 0.0 and not any(smu.output.values()) and not bench.instruments["switch"].closed
 
 
+def edited_bench(bench, name: str, edit) -> Path:
+    """Write a copy of the emulator's bench file, changed by ``edit`` (text to text), beside it."""
+    path = bench.path.with_name(name)
+    path.write_text(edit(bench.path.read_text()))
+    return path
+
+
 def grid():
     return np.meshgrid(np.arange(ROWS), np.arange(COLS), indexing="ij")
 
@@ -89,8 +97,7 @@ def test_one_pulse_per_row_and_setting(bench, driver):
 
 
 def test_floating_lines_add_sneak_currents(bench, tmp_path):
-    path = tmp_path / "floating.toml"
-    path.write_text(bench.path.read_text().replace('unselected = "ground"', 'unselected = "float"'))
+    path = edited_bench(bench, "floating.toml", lambda text: text.replace('unselected = "ground"', 'unselected = "float"'))
     rows, cols = grid()
     truth = bench.simulator.true_conductance_s(0)
     with open_driver(f"visa://?bench={path}") as floating:
@@ -139,8 +146,7 @@ def test_limits_are_checked_before_sending(bench, driver, request_call, message)
 
 def test_force_channel_compliance_is_reported(bench, tmp_path):
     # Each cell passes about 0.15 to 0.34 mA at 0.1 V, and the force channel feeds a whole row of 5.
-    path = tmp_path / "row.toml"
-    path.write_text(re.sub(r"compliance_max_a = .*", "compliance_max_a = 0.0007", bench.path.read_text()))
+    path = edited_bench(bench, "row.toml", lambda text: re.sub(r"compliance_max_a = .*", "compliance_max_a = 0.0007", text))
     with open_driver(f"visa://?bench={path}") as driver:
         with pytest.raises(ComplianceReachedError, match="SMU channel 1"):
             driver.read([0], [0])
@@ -255,8 +261,7 @@ def test_instrument_errors_are_raised_with_their_source(bench, driver):
 
 def test_compliance_is_reported(bench, tmp_path):
     # The cells conduct above 1 mS, so at 0.1 V they pass more than 0.1 mA.
-    path = tmp_path / "low.toml"
-    path.write_text(re.sub(r"compliance_max_a = .*", "compliance_max_a = 0.0001", bench.path.read_text()))
+    path = edited_bench(bench, "low.toml", lambda text: re.sub(r"compliance_max_a = .*", "compliance_max_a = 0.0001", text))
     with open_driver(f"visa://?bench={path}") as driver:
         with pytest.raises(ComplianceReachedError, match="row 0, column 0 at 0.1 V reached the compliance of 0.0001 A"):
             driver.read([0], [0])
@@ -279,8 +284,7 @@ def test_instrument_opened_twice_rejected(bench, driver):
     with pytest.raises(ConfigError, match="already open"):
         open_driver(f"visa://?bench={bench.path}")
     # Another spelling of the same resource is the same instrument.
-    path = bench.path.with_name("spelled.toml")
-    path.write_text(bench.path.read_text().replace("TCPIP0::", "TCPIP::"))
+    path = edited_bench(bench, "spelled.toml", lambda text: text.replace("TCPIP0::", "TCPIP::"))
     with pytest.raises(ConfigError, match="already open"):
         open_driver(f"visa://?bench={path}")
 
@@ -294,8 +298,7 @@ def test_instrument_busy_with_another_client(bench):
 
 
 def test_miswired_bench_warns_of_open_circuit(bench, tmp_path, caplog):
-    path = tmp_path / "miswired.toml"
-    path.write_text(bench.path.read_text().replace(f"first_col_line = {ROWS + 1}", f"first_col_line = {ROWS + 20}"))
+    path = edited_bench(bench, "miswired.toml", lambda text: text.replace(f"first_col_line = {ROWS + 1}", f"first_col_line = {ROWS + 20}"))
     with open_driver(f"visa://?bench={path}") as driver:
         assert np.all(driver.read([0, 1, 2, 3], [0, 1, 2, 3]) == 0)
     assert "like an open circuit" in caplog.text
@@ -303,9 +306,7 @@ def test_miswired_bench_warns_of_open_circuit(bench, tmp_path, caplog):
 
 def test_wrong_instrument_is_named(bench, tmp_path):
     smu, switch = bench.resource("smu"), bench.resource("switch")
-    text = bench.path.read_text().replace(smu, "SWAP").replace(switch, smu).replace("SWAP", switch)
-    path = tmp_path / "wrong.toml"
-    path.write_text(text)
+    path = edited_bench(bench, "wrong.toml", lambda text: text.replace(smu, "SWAP").replace(switch, smu).replace("SWAP", switch))
     with pytest.raises(ConfigError, match="identifies as .*34980A.*not a keysight-b2900"):
         open_driver(f"visa://?bench={path}")
 
@@ -314,8 +315,7 @@ def test_unreachable_instrument(bench, tmp_path):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    path = tmp_path / "gone.toml"
-    path.write_text(bench.path.read_text().replace(bench.resource("pulse"), f"TCPIP0::127.0.0.1::{port}::SOCKET"))
+    path = edited_bench(bench, "gone.toml", lambda text: text.replace(bench.resource("pulse"), f"TCPIP0::127.0.0.1::{port}::SOCKET"))
     with pytest.raises(TransportError, match="pulse generator"):
         open_driver(f"visa://?bench={path}")
 

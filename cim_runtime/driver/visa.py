@@ -119,22 +119,22 @@ class VisaDriver(ArrayDriver):
         """
         for command in self._switch_commands.setup + (self._switch_commands.open_all,):
             self._switch.write_checked(command)
-        smu, channel = self._smu_commands, self.bench.smu.channel
-        commands = [command.format(channel=channel) for command in smu.setup]
-        commands += [smu.compliance.format(channel=channel, compliance_a=self.bench.array.compliance_max_a),
-                     smu.source_voltage.format(channel=channel, voltage_v=0.0), smu.output_on.format(channel=channel)]
-        if self.bench.switch.unselected == "ground":
-            sense = self.bench.smu.sense_channel
-            commands += [command.format(channel=sense) for command in smu.setup]
-            commands += [smu.compliance.format(channel=sense, compliance_a=self.bench.array.compliance_max_a),
-                         smu.source_voltage.format(channel=sense, voltage_v=0.0), smu.output_on.format(channel=sense)]
-        for command in commands:
-            self._smu.write_checked(command)
+        smu = self._smu_commands
+        for channel in self._smu_channels():
+            commands = [command.format(channel=channel) for command in smu.setup]
+            commands += [smu.compliance.format(channel=channel, compliance_a=self.bench.array.compliance_max_a),
+                         smu.source_voltage.format(channel=channel, voltage_v=0.0), smu.output_on.format(channel=channel)]
+            for command in commands:
+                self._smu.write_checked(command)
         for command in self._pulse_commands.setup:
             self._pulser.write_checked(command)
         # Known levels before the output turns on. Between triggers the output rests at 0 V.
         self._set_pulse(self.bench.array.pulse_amplitude_max_v / 2, self.bench.array.pulse_width_min_s)
         self._pulser.write_checked(self._pulse_commands.output_on)
+
+    def _smu_channels(self) -> list[int]:
+        """Return the SMU channels in use: the force channel, and the sense channel when reads ground the other lines."""
+        return [self.bench.smu.channel] + ([self.bench.smu.sense_channel] if self.bench.switch.grounded else [])
 
     def _raise_queued_errors(self) -> None:
         for session in self._sessions:
@@ -148,14 +148,18 @@ class VisaDriver(ArrayDriver):
         self._switch.write(self._switch_commands.open_all)
         self._switch.query(WAIT_COMPLETE)
 
+    def _connect(self, channels: list[str]) -> None:
+        """Close exactly the crosspoints ``channels``, every other one open, and wait for the relays."""
+        self._switch.write(self._switch_commands.open_all)
+        self._switch.write(self._switch_commands.close.format(channels=",".join(channels)))
+        self._switch.query(WAIT_COMPLETE)
+
     def _route(self, bus_rows: int, rows, cols) -> None:
         """Connect ``rows`` to bus ``bus_rows`` and ``cols`` to the ground bus, every other line open; wait for the relays."""
         switch = self.bench.switch
         channels = [self._channel(bus_rows, switch.first_row_line + int(row)) for row in rows]
         channels += [self._channel(switch.ground_bus, switch.first_col_line + int(col)) for col in cols]
-        self._switch.write(self._switch_commands.open_all)
-        self._switch.write(self._switch_commands.close.format(channels=",".join(channels)))
-        self._switch.query(WAIT_COMPLETE)
+        self._connect(channels)
 
     # Operations.
 
@@ -169,7 +173,7 @@ class VisaDriver(ArrayDriver):
 
     def _read_cells(self, rows, cols, read_voltage_v) -> np.ndarray:
         smu, channel = self._smu_commands, self.bench.smu.channel
-        grounded = self.bench.switch.unselected == "ground"
+        grounded = self.bench.switch.grounded
         # The sense channel sinks the cell's current, so its reading has the opposite sign.
         measured, sign = (self.bench.smu.sense_channel, -1.0) if grounded else (channel, 1.0)
         conductance_s = np.empty(rows.shape, dtype=np.float64)
@@ -193,15 +197,13 @@ class VisaDriver(ArrayDriver):
     def _route_read(self, row: int, col: int) -> None:
         """Route one cell for a read, with the other lines floating or grounded as set in the bench file."""
         switch = self.bench.switch
-        if switch.unselected == "float":
+        if not switch.grounded:
             self._route(switch.smu_bus, [row], [col])
             return
         channels = [self._channel(switch.smu_bus, switch.first_row_line + row), self._channel(switch.sense_bus, switch.first_col_line + col)]
         channels += [self._channel(switch.ground_bus, switch.first_row_line + other) for other in range(self._info.rows) if other != row]
         channels += [self._channel(switch.ground_bus, switch.first_col_line + other) for other in range(self._info.cols) if other != col]
-        self._switch.write(self._switch_commands.open_all)
-        self._switch.write(self._switch_commands.close.format(channels=",".join(channels)))
-        self._switch.query(WAIT_COMPLETE)
+        self._connect(channels)
 
     def _check_read_compliance(self, channel: int, current_a: float, row, col, read_voltage_v: float) -> None:
         """Raise if the reading ``current_a`` of ``channel`` is at the compliance and the SMU reports that it was limiting."""
@@ -293,8 +295,7 @@ class VisaDriver(ArrayDriver):
         steps = [(self._smu, smu.source_voltage.format(channel=channel, voltage_v=0.0)),
                  (self._switch, self._switch_commands.open_all)]
         if output_off:
-            channels = [channel] + ([self.bench.smu.sense_channel] if self.bench.switch.unselected == "ground" else [])
-            steps += [(self._smu, smu.output_off.format(channel=number)) for number in channels]
+            steps += [(self._smu, smu.output_off.format(channel=number)) for number in self._smu_channels()]
             steps += [(self._pulser, self._pulse_commands.output_off)]
         for session, command in steps:
             try:

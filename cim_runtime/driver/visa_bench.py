@@ -123,6 +123,11 @@ class SwitchSettings:
     #: ground bus, with the current measured at the read column by the sense channel).
     unselected: str = "float"
 
+    @property
+    def grounded(self) -> bool:
+        """Whether reads ground the unselected lines and sense at the column."""
+        return self.unselected == "ground"
+
 
 #: Read schemes of ``[switch] unselected``.
 UNSELECTED_LINES = ("float", "ground")
@@ -155,12 +160,12 @@ def _table(raw: dict, name: str, kind, source: str):
     if unknown:
         raise ConfigError(f"unknown key(s) {', '.join(unknown)} in [{name}] of {source}: valid keys are {', '.join(known)}")
     for key, value in values.items():
-        wanted = known[key].type
-        if wanted == "int" and (not isinstance(value, int) or isinstance(value, bool)):
+        expected_type = known[key].type
+        if expected_type == "int" and (not isinstance(value, int) or isinstance(value, bool)):
             raise ConfigError(f"{key}={value!r} in [{name}] of {source} must be an integer")
-        if wanted == "float" and (not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value)):
+        if expected_type == "float" and (not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value)):
             raise ConfigError(f"{key}={value!r} in [{name}] of {source} must be a finite number")
-        if wanted == "str" and not isinstance(value, str):
+        if expected_type == "str" and not isinstance(value, str):
             raise ConfigError(f"{key}={value!r} in [{name}] of {source} must be a string")
     try:
         return kind(**values)
@@ -201,7 +206,7 @@ def _check_instruments(bench: BenchConfig, source: str) -> None:
         raise ConfigError(f"timeout_s={bench.visa.timeout_s!r} in [visa] of {source} is invalid: must be between {low:g} and {high:g} s")
     array = bench.array
     # With grounded unselected lines, the force channel feeds every cell of the row.
-    cells = array.cols if bench.switch.unselected == "ground" else 1
+    cells = array.cols if bench.switch.grounded else 1
     largest_a = cells * array.conductance_max_s * array.default_read_voltage_v
     if largest_a > array.compliance_max_a:
         logger.warning("in %s, %d cell(s) at conductance_max_s read at default_read_voltage_v pass %g A, above compliance_max_a=%g A: "
@@ -239,8 +244,7 @@ def _check_instrument_limits(bench: BenchConfig, source: str) -> None:
     array = bench.array
     if not 1 <= bench.smu.channel <= smu.channels:
         raise ConfigError(f"channel={bench.smu.channel} in [smu] of {source} is invalid: a {bench.smu.family} has channels 1 to {smu.channels}")
-    grounded = bench.switch.unselected == "ground"
-    if grounded and (not 1 <= bench.smu.sense_channel <= smu.channels or bench.smu.sense_channel == bench.smu.channel):
+    if bench.switch.grounded and (not 1 <= bench.smu.sense_channel <= smu.channels or bench.smu.sense_channel == bench.smu.channel):
         raise ConfigError(f"sense_channel={bench.smu.sense_channel} in [smu] of {source} is invalid: unselected = \"ground\" needs a "
                           f"second channel of the {bench.smu.family} (channels 1 to {smu.channels}, other than channel="
                           f"{bench.smu.channel}); use unselected = \"float\" with a one-channel SMU")
@@ -264,7 +268,7 @@ def _check_wiring(bench: BenchConfig, source: str) -> None:
         raise ConfigError(f"slot={switch.slot} in [switch] of {source} is invalid: a {switch.family} has slots 1 to {matrix.max_slot}")
     if switch.unselected not in UNSELECTED_LINES:
         raise ConfigError(f"unselected={switch.unselected!r} in [switch] of {source} is invalid: use \"float\" or \"ground\"")
-    names = ("smu_bus", "pulse_bus", "ground_bus") + (("sense_bus",) if switch.unselected == "ground" else ())
+    names = ("smu_bus", "pulse_bus", "ground_bus") + (("sense_bus",) if switch.grounded else ())
     buses = tuple(getattr(switch, name) for name in names)
     if len(set(buses)) != len(buses) or not all(1 <= bus <= matrix.max_bus for bus in buses):
         raise ConfigError(f"{', '.join(names)} in {source} must be different buses from 1 to {matrix.max_bus}, got {buses}")
