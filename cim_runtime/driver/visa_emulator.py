@@ -271,18 +271,27 @@ class BenchEmulator:
         host, port = self._servers[role].server_address[:2]
         return f"TCPIP0::{host}::{port}::SOCKET"
 
-    def _lines(self, bus: int, first: int, count: int) -> np.ndarray:
-        closed = self.instruments["switch"].closed
-        return np.array([line - first for b, line in closed if b == bus and first <= line < first + count], dtype=np.int64)
+    def _line_buses(self) -> tuple[np.ndarray, np.ndarray]:
+        """Return the bus that each row and each column line is joined to, 0 for none.
 
-    def _routed_cells(self, bus: int) -> tuple[np.ndarray, np.ndarray]:
-        rows = self._lines(bus, FIRST_ROW_LINE, self.rows)
-        cols = self._lines(GROUND_BUS, self.first_col_line, self.cols)
-        grid_rows, grid_cols = np.meshgrid(rows, cols, indexing="ij")
-        return grid_rows.ravel(), grid_cols.ravel()
+        Raises:
+            CimError: a line is joined to two buses, which shorts their sources.
+        """
+        row_bus, col_bus = np.zeros(self.rows, dtype=int), np.zeros(self.cols, dtype=int)
+        for bus, line in sorted(self.instruments["switch"].closed):
+            if FIRST_ROW_LINE <= line < FIRST_ROW_LINE + self.rows:
+                owners, index = row_bus, line - FIRST_ROW_LINE
+            elif self.first_col_line <= line < self.first_col_line + self.cols:
+                owners, index = col_bus, line - self.first_col_line
+            else:
+                continue
+            if owners[index]:
+                raise CimError(f"matrix line {line} joins buses {owners[index]} and {bus}, a short between their sources")
+            owners[index] = bus
+        return row_bus, col_bus
 
     def _bus_voltages(self) -> dict[int, float]:
-        """Voltage of each bus that a source holds; a bus whose source is off floats (absent)."""
+        """Return the voltage of each bus that a source drives. A bus whose source is off floats and is left out."""
         smu, pulse = self.instruments["smu"], self.instruments["pulse"]
         voltages = {GROUND_BUS: 0.0}
         for channel, bus in CHANNEL_BUS.items():
@@ -293,22 +302,11 @@ class BenchEmulator:
         return voltages
 
     def channel_current_a(self, channel: int) -> float:
-        """Current that SMU ``channel`` sources into the array, through every routed line and, where lines float, sneak paths."""
+        """Return the current that SMU ``channel`` sources into the array, sneak paths included where lines float."""
         buses = self._bus_voltages()
-        row_v, col_v = np.full(self.rows, np.nan), np.full(self.cols, np.nan)
-        row_bus, col_bus = np.zeros(self.rows, dtype=int), np.zeros(self.cols, dtype=int)
-        for bus, line in sorted(self.instruments["switch"].closed):
-            if bus not in buses:
-                continue
-            if FIRST_ROW_LINE <= line < FIRST_ROW_LINE + self.rows:
-                voltages, owners, index = row_v, row_bus, line - FIRST_ROW_LINE
-            elif self.first_col_line <= line < self.first_col_line + self.cols:
-                voltages, owners, index = col_v, col_bus, line - self.first_col_line
-            else:
-                continue
-            if owners[index]:
-                raise CimError(f"matrix line {line} joins buses {owners[index]} and {bus}, a short between their sources")
-            voltages[index], owners[index] = buses[bus], bus
+        row_bus, col_bus = self._line_buses()
+        row_v = np.array([buses.get(bus, np.nan) for bus in row_bus])
+        col_v = np.array([buses.get(bus, np.nan) for bus in col_bus])
         largest_v = float(np.nanmax(np.abs(np.concatenate([row_v, col_v, [0.0]]))))
         if largest_v > READ_VOLTAGE_MAX_V:
             raise CimError(f"{largest_v} V on the array would disturb its cells")
@@ -323,11 +321,12 @@ class BenchEmulator:
 
     def apply_pulse(self, amplitude_v: float, width_s: float) -> None:
         """Apply one pulse to every cell routed between the pulse bus and ground."""
-        rows, cols = self._routed_cells(PULSE_BUS)
+        row_bus, col_bus = self._line_buses()
+        rows, cols = np.meshgrid(np.flatnonzero(row_bus == PULSE_BUS), np.flatnonzero(col_bus == GROUND_BUS), indexing="ij")
         if rows.size and amplitude_v != 0:
             if abs(amplitude_v) > PULSE_AMPLITUDE_MAX_V or not PULSE_WIDTH_MIN_S <= width_s <= PULSE_WIDTH_MAX_S:
                 raise CimError(f"a {amplitude_v} V, {width_s} s pulse is beyond what the cells take")
-            self.simulator.pulse(rows, cols, amplitude_v, width_s)
+            self.simulator.pulse(rows.ravel(), cols.ravel(), amplitude_v, width_s)
 
     def handle(self, role: str, line: str) -> str | None:
         with self.lock:
