@@ -7,11 +7,11 @@ import time
 from pathlib import Path
 
 from cim_runtime.driver.visa_bench import TIMEOUT_RANGE_S
-from cim_runtime.driver.visa_commands import SMU_FAMILIES
+from cim_runtime.driver.visa_commands import SMU_FAMILIES, SWITCH_FAMILIES
 from cim_runtime.errors import ConfigError
 
-#: Largest array the emulated switch matrix can wire: rows and columns share its 99 lines.
-MAX_LINES = 99
+#: Largest array the emulated switch matrix can wire: rows and columns share its lines.
+MAX_LINES = SWITCH_FAMILIES["keysight-34980a"].max_line
 
 
 def command_emulate_bench(args: argparse.Namespace) -> int:

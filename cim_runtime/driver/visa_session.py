@@ -51,6 +51,8 @@ class InstrumentSession:
         self.resource = resource
         self.role = role
         self.timeout_s = timeout_s
+        #: The deadline in pyvisa's unit, whole milliseconds.
+        self._timeout_ms = round(timeout_s * 1000)
         self._last_command = ""
         self._key = resource_key(resource)
         with _open_lock:
@@ -61,7 +63,7 @@ class InstrumentSession:
         self._release = weakref.finalize(self, _release_resource, self._key)
         try:
             self._session = manager.open_resource(resource, read_termination="\n", write_termination="\n",
-                                                  timeout=round(timeout_s * 1000))
+                                                  timeout=self._timeout_ms)
         except (pyvisa.errors.VisaIOError, ValueError, OSError) as exc:
             self._release()
             raise TransportError(f"cannot open the {role} at {resource}: {exc}. Check that it is on and reachable, "
@@ -71,7 +73,7 @@ class InstrumentSession:
     def _lock_exclusively(self) -> None:
         """Take VISA's exclusive lock where the session supports one (pyvisa-py's raw TCP sockets do not)."""
         try:
-            self._session.lock_excl(timeout=round(self.timeout_s * 1000))
+            self._session.lock_excl(timeout=self._timeout_ms)
         except (pyvisa.errors.VisaIOError, NotImplementedError, AttributeError) as exc:
             logger.debug("the %s at %s offers no exclusive lock (%s); relying on the in-process lock", self.role, self.resource, exc)
 
